@@ -1,0 +1,185 @@
+"""The pipeline definition an admin writes: stages, movement rules and automations.
+
+These models only describe shape (types, ranges, formats). Cross-field checks that need the whole
+pipeline (duplicate keys, unknown stage references, automation cycles) live in
+``domain.validation`` so that every problem can be reported at once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from domain.durations import Duration
+
+StageKey = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Subject = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Color = Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$")]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class SlaSpec(Model):
+    target: Duration
+    warn_at: float = Field(0.8, ge=0, le=1)
+
+
+class ValidationRule(Model):
+    """A safe expression (JMESPath) over the deal document that must be truthy to enter a stage.
+
+    The document is ``{"value", "currency", "owner", "stage", "fields": {...}}``, e.g.
+    ``{"expr": "value > `0`", "message": "a deal needs a value"}``.
+    """
+
+    expr: str = Field(min_length=1, max_length=2000)
+    message: str | None = None
+
+
+class ApprovalSpec(Model):
+    approvers: list[Subject] = Field(min_length=1)
+    mode: Literal["any", "all"] = "any"
+    timeout: Duration | None = None
+    on_timeout: Literal["escalate", "reject", "approve"] = "escalate"
+    escalate_to: list[Subject] = Field(default_factory=list)
+
+
+class StageSpec(Model):
+    key: StageKey
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    probability: float = Field(ge=0, le=100)
+    sla: SlaSpec | None = None
+    rotting: Duration | None = None
+    color: Color | None = None
+    icon: str | None = Field(None, max_length=64)
+    required_fields: list[str] = Field(default_factory=list)
+    validation: list[ValidationRule] = Field(default_factory=list)
+    approval: ApprovalSpec | None = None
+    outcome: Literal["won", "lost"] | None = None
+
+
+Permission = Literal["allow", "deny"] | list[Subject]
+
+
+class RulesSpec(Model):
+    skip: Permission = "deny"
+    backward: Permission = "allow"
+
+
+TriggerOn = Literal[
+    "stage_entered",
+    "stage_exited",
+    "field_changed",
+    "time_in_stage",
+    "sla_warning",
+    "sla_breached",
+    "rotting",
+]
+
+
+class TriggerSpec(Model):
+    on: TriggerOn
+    stage: StageKey | None = None
+    field: str | None = None
+    after: Duration | None = None
+
+
+class MoveToStage(Model):
+    do: Literal["move_to_stage"]
+    stage: StageKey
+
+
+class Notify(Model):
+    do: Literal["notify"]
+    channel: Literal["log", "webhook", "email"] = "log"
+    to: str | list[str]
+    template: str
+
+
+class CreateTask(Model):
+    do: Literal["create_task"]
+    template: str
+    due_in: Duration | None = None
+
+
+class AssignOwner(Model):
+    do: Literal["assign_owner"]
+    strategy: Literal["round_robin", "least_loaded", "by_field"] = "round_robin"
+    among: list[Subject] = Field(default_factory=list)
+    field: str | None = None
+
+
+class SetField(Model):
+    do: Literal["set_field"]
+    field: str = Field(min_length=1)
+    value: Any = None
+
+
+class CallIntegration(Model):
+    do: Literal["call_integration"]
+    integration: str = Field(min_length=1)
+    payload: dict[str, Any] | None = None
+
+
+Action = Annotated[
+    MoveToStage | Notify | CreateTask | AssignOwner | SetField | CallIntegration,
+    Field(discriminator="do"),
+]
+
+
+class AutomationSpec(Model):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    trigger: TriggerSpec
+    conditions: list[ValidationRule] = Field(default_factory=list)
+    actions: list[Action] = Field(min_length=1)
+
+
+class BusinessCalendar(Model):
+    """Business hours an SLA clock runs in (optional; without it SLAs count wall-clock time)."""
+
+    timezone: str = "UTC"
+    weekdays: list[Annotated[int, Field(ge=0, le=6)]] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    start: str = Field("09:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    end: str = Field("17:00", pattern=r"^([01]\d|2[0-4]):[0-5]\d$")
+    holidays: list[str] = Field(default_factory=list)
+
+
+class PipelineSpec(Model):
+    """What an admin POSTs to ``/v1/pipelines`` (and PUTs for a new version)."""
+
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    description: str | None = None
+    type: Literal["sales", "support", "custom"] = "sales"
+    currency: Currency = "USD"
+    probability_mode: Literal["stage", "manual"] = "stage"
+    template: str | None = None
+    stages: list[StageSpec] = Field(default_factory=list)
+    rules: RulesSpec = Field(default_factory=RulesSpec)
+    automations: list[AutomationSpec] = Field(default_factory=list)
+    calendar: BusinessCalendar | None = None
+
+    def stage(self, key: str) -> StageSpec | None:
+        for stage in self.stages:
+            if stage.key == key:
+                return stage
+        return None
+
+    def index_of(self, key: str) -> int:
+        for i, stage in enumerate(self.stages):
+            if stage.key == key:
+                return i
+        return -1
+
+
+class PipelineSnapshot(Model):
+    """One immutable version of a pipeline, as a deal workflow carries it."""
+
+    pipeline_id: str
+    version: int
+    spec: PipelineSpec
+    test_mode: bool = False
+    go_live_at: datetime | None = None
