@@ -51,6 +51,7 @@ class PendingApproval(Model):
     requested_at: datetime
     due_at: datetime | None = None
     escalated: bool = False
+    escalated_to: list[str] = Field(default_factory=list)
     fields: dict[str, Any] = Field(default_factory=dict)
     decisions: list[ApprovalDecision] = Field(default_factory=list)
 

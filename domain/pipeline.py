@@ -142,7 +142,9 @@ class BusinessCalendar(Model):
     """Business hours an SLA clock runs in (optional; without it SLAs count wall-clock time)."""
 
     timezone: str = "UTC"
-    weekdays: list[Annotated[int, Field(ge=0, le=6)]] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    weekdays: list[Annotated[int, Field(ge=0, le=6)]] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4]
+    )
     start: str = Field("09:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     end: str = Field("17:00", pattern=r"^([01]\d|2[0-4]):[0-5]\d$")
     holidays: list[str] = Field(default_factory=list)

@@ -1,0 +1,69 @@
+"""Group commit: concurrent webhook requests share one transaction (one fsync) per flush.
+
+Each request awaits its own future, so nobody is answered 202 before its row is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from store.db import Database
+from store.events import NewEvent, accept_many
+
+log = logging.getLogger("dealflow.ingress")
+MAX_BATCH = 512
+
+
+class EventWriter:
+    def __init__(self, db: Database, on_commit: Callable[[], None] | None = None) -> None:
+        self.db = db
+        self.on_commit = on_commit
+        self._pending: list[tuple[NewEvent, asyncio.Future[tuple[str, bool]]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="event-writer")
+
+    async def accept(self, event: NewEvent) -> tuple[str, bool]:
+        """Commit the event; return (event id, duplicate). Raises if it could not be stored."""
+        if self._closed:
+            raise RuntimeError("the event writer is closed")
+        future: asyncio.Future[tuple[str, bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append((event, future))
+        self._wake.set()
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                await self._flush(batch)
+            if self._closed:
+                return
+
+    async def _flush(self, batch: list[tuple[NewEvent, asyncio.Future[tuple[str, bool]]]]) -> None:
+        try:
+            result = await asyncio.to_thread(accept_many, self.db, [ev for ev, _ in batch])
+        except Exception as exc:  # the database is down: every request in the batch gets a 503
+            log.error("could not store %d events: %s", len(batch), exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for ev, future in batch:
+            if not future.done():
+                future.set_result(result[ev.id])
+        if self.on_commit is not None:
+            self.on_commit()
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task

@@ -1,0 +1,166 @@
+"""The relay: hands stored events to their deal workflows, batched per deal.
+
+Runs in every API process. It reads events still ``accepted`` (oldest first), groups them by
+deal, sends one signal-with-start per deal carrying the whole batch, and marks them ``queued``.
+If it dies between the signal and the mark, the next pass sends them again and the workflow
+drops the ids it has seen. Events accepted while Temporal is down wait in the table until it
+is back: a 202 is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from temporalio.client import Client
+from temporalio.common import TypedSearchAttributes
+
+from api.metrics import HANDED_OFF, PENDING_HANDOFF
+from domain.events import DealEvent
+from store.db import Database
+from store.events import mark_queued
+from store.models import Event
+from workflows.messages import DealInput, EventBatch, deal_workflow_id
+from workflows.search import DEAL_ID
+
+log = logging.getLogger("dealflow.relay")
+CONCURRENCY = 32
+
+
+def pending_events(db: Database, limit: int) -> list[Event]:
+    with db.session() as session:
+        return list(
+            session.exec(  # type: ignore[call-overload]
+                select(Event)
+                .where(Event.status == "accepted")
+                .order_by(Event.received_at, Event.id)
+                .limit(limit)
+            ).scalars()
+        )
+
+
+def count_pending(db: Database) -> int:
+    with db.session() as session:
+        return int(
+            session.execute(
+                select(func.count()).select_from(Event).where(Event.status == "accepted")
+            ).scalar_one()
+        )
+
+
+class Relay:
+    def __init__(
+        self,
+        db: Database,
+        client_getter,  # type: ignore[no-untyped-def]
+        *,
+        task_queue: str,
+        batch_size: int = 500,
+        interval_s: float = 0.2,
+    ) -> None:
+        self.db = db
+        self.client_getter = client_getter
+        self.task_queue = task_queue
+        self.batch_size = batch_size
+        self.interval_s = interval_s
+        self._wake = asyncio.Event()
+        self._stop = False
+        self._task: asyncio.Task[None] | None = None
+        self._sem = asyncio.Semaphore(CONCURRENCY)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="relay")
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        backoff = self.interval_s
+        while not self._stop:
+            try:
+                moved = await self.run_once()
+                backoff = self.interval_s
+                if moved >= self.batch_size:
+                    continue  # more waiting: go on at once
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("relay pass failed, retrying in %.1fs: %s", backoff, exc)
+                backoff = min(backoff * 2, 10.0)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def run_once(self) -> int:
+        """One pass; returns how many events were handed over."""
+        client: Client | None = self.client_getter()
+        events = await asyncio.to_thread(pending_events, self.db, self.batch_size)
+        if not events:
+            PENDING_HANDOFF.set(0)
+            return 0
+        if client is None:
+            PENDING_HANDOFF.set(await asyncio.to_thread(count_pending, self.db))
+            raise RuntimeError("Temporal is not connected")
+        by_deal: dict[str, list[Event]] = defaultdict(list)
+        for ev in events:
+            by_deal[ev.deal_id or ""].append(ev)
+        results = await asyncio.gather(
+            *[self._send(client, deal_id, evs) for deal_id, evs in by_deal.items()],
+            return_exceptions=True,
+        )
+        done: list[str] = []
+        failures = 0
+        for (_, evs), result in zip(by_deal.items(), results, strict=True):
+            if isinstance(result, BaseException):
+                failures += 1
+                last = result
+            else:
+                done.extend(e.id for e in evs)
+        await asyncio.to_thread(mark_queued, self.db, done, datetime.now(UTC))
+        HANDED_OFF.inc(len(done))
+        if failures:
+            PENDING_HANDOFF.set(await asyncio.to_thread(count_pending, self.db))
+            raise RuntimeError(f"{failures} of {len(by_deal)} deals not handed over: {last}")
+        if len(events) < self.batch_size:
+            PENDING_HANDOFF.set(0)
+        return len(done)
+
+    async def _send(self, client: Client, deal_id: str, events: list[Event]) -> None:
+        batch = EventBatch(
+            events=[
+                DealEvent(
+                    event_id=e.id,
+                    type=e.type,  # type: ignore[arg-type]
+                    data=e.payload,
+                    source_id=e.source_id,
+                    received_at=e.received_at,
+                )
+                for e in events
+            ]
+        )
+        async with self._sem:
+            await client.start_workflow(
+                "DealWorkflow",
+                DealInput(deal_id=deal_id),
+                id=deal_workflow_id(deal_id),
+                task_queue=self.task_queue,
+                start_signal="events",
+                start_signal_args=[batch],
+                search_attributes=TypedSearchAttributes([DEAL_ID.value_set(deal_id)]),
+                static_summary=f"Deal {deal_id}",
+            )

@@ -1,0 +1,235 @@
+"""``/v1/sources``: where webhooks come from, how they are signed, and how they are limited."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from sqlmodel import select
+
+from api.auth import Admin, Ctx
+from api.problems import ProblemError
+from dealflow.ids import new_id
+from domain.durations import Duration, format_duration
+from domain.signatures import generate_secret, validate_secret
+from store.models import Source
+
+router = APIRouter(prefix="/v1/sources", tags=["sources"])
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Scheme = Literal["standard", "github", "stripe", "hmac"]
+
+
+class RateLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    per_second: float = Field(gt=0, le=100_000)
+    burst: int = Field(gt=0, le=1_000_000)
+
+
+def _check_cidrs(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    out = []
+    for item in value:
+        try:
+            out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"'{item}' is not an IPv4 or IPv6 address or CIDR block") from None
+    return out
+
+
+class SourceCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name
+    scheme: Scheme
+    ip_allowlist: list[str] = Field(default_factory=list, max_length=1000)
+    rate_limit: RateLimit | None = None
+    tolerance: Duration | None = None
+    mapping: dict[str, Any] | None = None
+    secret: str | None = Field(None, max_length=1024)
+
+    _cidrs = field_validator("ip_allowlist")(_check_cidrs)
+
+
+class SourcePatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Name | None = None
+    enabled: bool | None = None
+    ip_allowlist: list[str] | None = None
+    rate_limit: RateLimit | None = None
+    tolerance: Duration | None = None
+    mapping: dict[str, Any] | None = None
+
+    _cidrs = field_validator("ip_allowlist")(_check_cidrs)
+
+
+class RotateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    secret: str | None = Field(None, max_length=1024)
+    overlap: Duration = Field(default=timedelta(hours=24))
+
+
+class SourceOut(BaseModel):
+    id: str
+    name: str
+    scheme: str
+    ingress_url: str
+    enabled: bool
+    ip_allowlist: list[str]
+    rate_limit: RateLimit | None
+    tolerance: str | None
+    mapping: dict[str, Any] | None
+    blocked_until: datetime | None
+    previous_valid_until: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SourceCreated(SourceOut):
+    secret: str
+
+
+class Rotated(BaseModel):
+    secret: str
+    previous_valid_until: datetime
+
+
+def _out(row: Source, request: Request) -> SourceOut:
+    base = str(request.base_url).rstrip("/")
+    rate = (
+        RateLimit(per_second=row.rate_per_second, burst=row.rate_burst)
+        if row.rate_per_second and row.rate_burst
+        else None
+    )
+    return SourceOut(
+        id=row.id,
+        name=row.name,
+        scheme=row.scheme,
+        ingress_url=f"{base}/v1/webhooks/{row.id}",
+        enabled=row.enabled,
+        ip_allowlist=row.ip_allowlist,
+        rate_limit=rate,
+        tolerance=(
+            format_duration(timedelta(seconds=row.tolerance_seconds))
+            if row.tolerance_seconds
+            else None
+        ),
+        mapping=row.mapping,
+        blocked_until=row.blocked_until,
+        previous_valid_until=row.previous_valid_until,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _secret_for(scheme: str, given: str | None) -> str:
+    if given is None:
+        return generate_secret(scheme)
+    problem = validate_secret(scheme, given)
+    if problem:
+        raise ProblemError(422, problem, errors=[{"loc": ["body", "secret"], "msg": problem}])
+    return given
+
+
+def _check_mapping(ctx: Ctx, mapping: dict[str, Any] | None) -> None:
+    if mapping is None:
+        return
+    from domain.mapping import MappingError, compile_mapping
+
+    try:
+        compile_mapping(mapping)
+    except MappingError as exc:
+        raise ProblemError(422, "the mapping is invalid", errors=exc.errors) from None
+
+
+@router.post("", status_code=201, response_model=SourceCreated)
+def create(body: SourceCreate, request: Request, ctx: Ctx, principal: Admin) -> SourceCreated:
+    secret = _secret_for(body.scheme, body.secret)
+    _check_mapping(ctx, body.mapping)
+    source_id = new_id("src")
+    row = Source(
+        id=source_id,
+        name=body.name,
+        scheme=body.scheme,
+        secret_enc=ctx.box.encrypt(secret, context=source_id),
+        ip_allowlist=body.ip_allowlist,
+        rate_per_second=body.rate_limit.per_second if body.rate_limit else None,
+        rate_burst=body.rate_limit.burst if body.rate_limit else None,
+        tolerance_seconds=body.tolerance.total_seconds() if body.tolerance else None,
+        mapping=body.mapping,
+    )
+    with ctx.db.session() as session:
+        session.add(row)
+        session.commit()
+    return SourceCreated(**_out(row, request).model_dump(), secret=secret)
+
+
+@router.get("", response_model=list[SourceOut])
+def index(request: Request, ctx: Ctx, _: Admin) -> list[SourceOut]:
+    with ctx.db.session() as session:
+        rows = session.exec(select(Source).order_by(Source.id)).all()  # type: ignore[arg-type]
+    return [_out(r, request) for r in rows]
+
+
+def _load(ctx: Ctx, source_id: str) -> Source:
+    with ctx.db.session() as session:
+        row = session.get(Source, source_id)
+    if row is None:
+        raise ProblemError(404, f"no source {source_id}")
+    return row
+
+
+@router.get("/{source_id}", response_model=SourceOut)
+def show(source_id: str, request: Request, ctx: Ctx, _: Admin) -> SourceOut:
+    return _out(_load(ctx, source_id), request)
+
+
+@router.patch("/{source_id}", response_model=SourceOut)
+def patch(source_id: str, body: SourcePatch, request: Request, ctx: Ctx, _: Admin) -> SourceOut:
+    changes = body.model_dump(exclude_unset=True)
+    if "mapping" in changes:
+        _check_mapping(ctx, body.mapping)
+    with ctx.db.session() as session:
+        row = session.get(Source, source_id)
+        if row is None:
+            raise ProblemError(404, f"no source {source_id}")
+        for key in ("name", "enabled", "ip_allowlist", "mapping"):
+            if key in changes:
+                setattr(row, key, changes[key])
+        if "rate_limit" in changes:
+            row.rate_per_second = body.rate_limit.per_second if body.rate_limit else None
+            row.rate_burst = body.rate_limit.burst if body.rate_limit else None
+        if "tolerance" in changes:
+            row.tolerance_seconds = body.tolerance.total_seconds() if body.tolerance else None
+        if changes.get("enabled") is True:
+            row.blocked_until = None
+        row.updated_at = datetime.now(UTC)
+        session.add(row)
+        session.commit()
+    if ctx.sources:
+        ctx.sources.forget(source_id)
+    return _out(row, request)
+
+
+@router.post("/{source_id}/rotate-secret", response_model=Rotated)
+def rotate(source_id: str, ctx: Ctx, _: Admin, body: RotateBody | None = None) -> Rotated:
+    body = body or RotateBody()
+    with ctx.db.session() as session:
+        row = session.get(Source, source_id)
+        if row is None:
+            raise ProblemError(404, f"no source {source_id}")
+        secret = _secret_for(row.scheme, body.secret)
+        now = datetime.now(UTC)
+        row.previous_secret_enc = row.secret_enc
+        row.previous_valid_until = now + body.overlap
+        row.secret_enc = ctx.box.encrypt(secret, context=row.id)
+        row.updated_at = now
+        session.add(row)
+        session.commit()
+    if ctx.sources:
+        ctx.sources.forget(source_id)
+    assert row.previous_valid_until is not None
+    return Rotated(secret=secret, previous_valid_until=row.previous_valid_until)

@@ -1,0 +1,111 @@
+"""The native event envelope ``{"type", "data"}`` and the schema of each event type."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from domain.deal import Problem
+
+Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class DealCreated(_Data):
+    deal_id: Id
+    pipeline_id: Id
+    title: Annotated[str, StringConstraints(max_length=500)]
+    value: float = Field(ge=0)
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+    owner: str | None = None
+    fields: dict[str, Any] = Field(default_factory=dict)
+    stage: str | None = None
+
+
+class DealUpdated(_Data):
+    deal_id: Id
+    fields: dict[str, Any] | None = None
+    value: float | None = Field(None, ge=0)
+    title: str | None = None
+    owner: str | None = None
+
+
+class DealActivity(_Data):
+    deal_id: Id
+    kind: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    at: datetime | None = None
+
+
+class StageChangeRequested(_Data):
+    deal_id: Id
+    to_stage: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    actor: str | None = None
+    fields: dict[str, Any] | None = None
+
+
+EVENT_TYPES: dict[str, type[_Data]] = {
+    "deal.created": DealCreated,
+    "deal.updated": DealUpdated,
+    "deal.activity": DealActivity,
+    "deal.stage_change_requested": StageChangeRequested,
+}
+
+
+class DealEvent(BaseModel):
+    """One accepted event as the deal workflow receives it (the relay batches these)."""
+
+    event_id: str
+    type: Literal["deal.created", "deal.updated", "deal.activity", "deal.stage_change_requested"]
+    data: dict[str, Any]
+    source_id: str | None = None
+    received_at: datetime
+
+
+class EnvelopeError(ValueError):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(p.msg for p in problems))
+        self.problems = problems
+
+
+def validate_envelope(payload: Any, *, base_loc: tuple[str, ...] = ("body",)) -> tuple[str, dict]:
+    """Check ``{"type", "data"}`` against the type's schema; return the type and normalised data.
+
+    Raises EnvelopeError naming every bad field; an unknown type is a problem too.
+    """
+    if not isinstance(payload, dict):
+        raise EnvelopeError(
+            [Problem(code="invalid", loc=list(base_loc), msg="the body must be a JSON object")]
+        )
+    event_type = payload.get("type")
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
+        known = ", ".join(EVENT_TYPES)
+        raise EnvelopeError(
+            [
+                Problem(
+                    code="unknown_type",
+                    loc=[*base_loc, "type"],
+                    msg=f"'type' must be one of {known}",
+                )
+            ]
+        )
+    data = payload.get("data")
+    model = EVENT_TYPES[event_type]
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        raise EnvelopeError(
+            [
+                Problem(
+                    code="invalid",
+                    loc=[*base_loc, "data", *[p for p in err["loc"]]],
+                    msg=err["msg"],
+                )
+                for err in exc.errors()
+            ]
+        ) from None
+    return event_type, parsed.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,42 @@
+"""Insert-or-ignore and insert-or-update that work on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
+
+
+def _insert(session: Session, table: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
+
+
+def insert_ignore(
+    session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]
+) -> None:
+    if not rows:
+        return
+    stmt = (
+        _insert(session, model.__table__).values(rows).on_conflict_do_nothing(index_elements=keys)
+    )
+    session.execute(stmt)
+
+
+def upsert(
+    session: Session,
+    model: Any,
+    row: dict[str, Any],
+    keys: list[str],
+    *,
+    newer_than: str | None = None,
+) -> None:
+    """Insert ``row``, or update the existing one; with ``newer_than`` only if that column grows."""
+    table = model.__table__
+    stmt = _insert(session, table).values(row)
+    update = {k: stmt.excluded[k] for k in row if k not in keys}
+    where = None
+    if newer_than is not None:
+        where = table.c[newer_than] < stmt.excluded[newer_than]
+    session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update, where=where))

@@ -1,0 +1,68 @@
+"""The Temporal worker: runs deal workflows and their activities until SIGINT / SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from prometheus_client import start_http_server
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.deals import DealActivities
+from activities.effects import EffectActivities
+from dealflow.logs import setup_logging
+from dealflow.settings import Settings, load_settings
+from dealflow.temporal import connect, ensure_search_attributes
+from store.db import Database
+from store.migrate import upgrade
+from workflows.deal import DealWorkflow
+
+log = logging.getLogger("dealflow.worker")
+
+
+def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
+    deals = DealActivities(db)
+    effects = EffectActivities(db, settings)
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[DealWorkflow],
+        activities=[deals.load_pipeline, deals.load_deal, deals.record_deal, effects.run_effect],
+        activity_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="activity"),
+        max_concurrent_activities=32,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+
+async def run(settings: Settings) -> None:
+    upgrade(settings.effective_database_url)
+    db = Database(settings.effective_database_url)
+    client = await connect(settings)
+    await ensure_search_attributes(client, settings.temporal_namespace)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.api_host)
+    worker = build_worker(client, db, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker polling task queue %s on %s", settings.task_queue, settings.temporal_target)
+    async with worker:
+        await stop.wait()
+        log.info("worker stopping: finishing running activities")
+    db.dispose()
+    log.info("worker stopped")
+
+
+def main() -> None:
+    settings = load_settings()
+    setup_logging(settings.log_level, settings.log_format, "worker")
+    asyncio.run(run(settings))
+
+
+if __name__ == "__main__":
+    main()

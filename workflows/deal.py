@@ -1,0 +1,416 @@
+"""One long-running workflow per deal (``deal-{deal_id}``).
+
+The workflow is a thin durable shell around the pure ``domain.engine.Engine``: it receives
+batches of events by signal, transitions and approval decisions by update, sleeps until the
+engine's next deadline (SLA, rotting, approval timeout, time-in-stage), runs the engine's side
+effects as activities and writes the read model through an activity. State, unprocessed events
+and the recent event ids (for deduplication) are carried across continue-as-new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from domain.deal import Actor
+    from domain.engine import DecisionError, Engine
+    from domain.events import DealEvent
+    from domain.pipeline import PipelineSnapshot
+    from domain.rules import status_for
+    from workflows.messages import (
+        DealInput,
+        DecisionReply,
+        DecisionRequest,
+        EffectInput,
+        EffectResult,
+        EventBatch,
+        EventOutcome,
+        LoadDealInput,
+        LoadedDeal,
+        LoadPipelineInput,
+        RecordInput,
+        SnoozeRequest,
+        TransitionReply,
+        TransitionRequest,
+        problems_detail,
+    )
+    from workflows.search import DEAL_STAGE, DEAL_STATUS, IS_ROTTING, PIPELINE_ID, Upserts
+
+SEEN_LIMIT = 10_000
+DB_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
+EFFECT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+    maximum_attempts=8,
+)
+
+
+@workflow.defn(name="DealWorkflow")
+class DealWorkflow:
+    @workflow.init
+    def __init__(self, inp: DealInput) -> None:
+        self.deal_id = inp.deal_id
+        self.inbox: list[DealEvent] = list(inp.pending_events)
+        self.seen: dict[str, None] = dict.fromkeys(inp.seen_event_ids)
+        self.engine: Engine | None = (
+            Engine(inp.pipeline, inp.state) if inp.state and inp.pipeline else None
+        )
+        self.lock = asyncio.Lock()
+        self.outcomes: list[EventOutcome] = []
+        self.recorded_revision = self.engine.state.revision if self.engine else -1
+        self.search: dict[str, object] = {}
+        self.ready = self.engine is not None
+        self.wake = False
+
+    # ------------------------------------------------------------------ main loop
+
+    @workflow.run
+    async def run(self, inp: DealInput) -> str:
+        if self.engine is None:
+            await self._restore()
+        self.ready = True
+        while True:
+            timeout = self._timeout()
+            try:
+                await workflow.wait_condition(
+                    lambda: bool(self.inbox) or self.wake, timeout=timeout
+                )
+            except TimeoutError:
+                pass
+            self.wake = False
+            async with self.lock:
+                await self._step()
+            if self.engine is None and not self.inbox:
+                return "no deal"
+            if (
+                self.engine is not None
+                and self.engine.deal.status != "open"
+                and not self.inbox
+                and workflow.all_handlers_finished()
+            ):
+                return self.engine.deal.status
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                async with self.lock:
+                    await self._step()
+                    workflow.continue_as_new(self._carry())
+
+    def _timeout(self) -> timedelta | None:
+        if self.engine is None:
+            return None
+        deadline = self.engine.next_deadline()
+        if deadline is None:
+            return None
+        return max(deadline - workflow.now(), timedelta(milliseconds=1))
+
+    def _carry(self) -> DealInput:
+        seen = list(self.seen)[-SEEN_LIMIT:]
+        return DealInput(
+            deal_id=self.deal_id,
+            state=self.engine.state if self.engine else None,
+            pipeline=self.engine.pipeline if self.engine else None,
+            seen_event_ids=seen,
+            pending_events=list(self.inbox),
+        )
+
+    async def _restore(self) -> None:
+        """A new run without carried state: a deal closed earlier, or the read model knows it."""
+        loaded: LoadedDeal | None = await workflow.execute_activity(
+            "load_deal",
+            LoadDealInput(deal_id=self.deal_id),
+            result_type=LoadedDeal | None,  # type: ignore[arg-type]
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=DB_RETRY,
+        )
+        if loaded is not None:
+            self.engine = Engine(loaded.pipeline, loaded.state)
+            self.recorded_revision = loaded.state.revision
+
+    async def _step(self) -> None:
+        now = workflow.now()
+        if self.engine is not None:
+            self.engine.advance(now)
+        batch, self.inbox = self.inbox, []
+        for event in batch:
+            if event.event_id in self.seen:
+                continue
+            self.seen[event.event_id] = None
+            outcome = await self._apply(event)
+            self.outcomes.append(outcome)
+        if len(self.seen) > 2 * SEEN_LIMIT:
+            self.seen = dict.fromkeys(list(self.seen)[-SEEN_LIMIT:])
+        await self._run_effects()
+        await self._flush()
+
+    # ------------------------------------------------------------------ events
+
+    async def _apply(self, event: DealEvent) -> EventOutcome:
+        now = workflow.now()
+        data = event.data
+        ok = EventOutcome(event_id=event.event_id, status="processed")
+        if event.type == "deal.created":
+            if self.engine is not None:
+                return ok  # the deal exists: a second creation changes nothing
+            try:
+                snapshot = await workflow.execute_activity(
+                    "load_pipeline",
+                    LoadPipelineInput(pipeline_id=data["pipeline_id"]),
+                    result_type=PipelineSnapshot,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=DB_RETRY,
+                )
+            except ActivityError as exc:
+                return self._failed(event, _cause(exc))
+            engine, problems = Engine.create(
+                snapshot,
+                deal_id=self.deal_id,
+                title=data.get("title", ""),
+                value=data.get("value", 0),
+                currency=data.get("currency", snapshot.spec.currency),
+                owner=data.get("owner"),
+                fields=data.get("fields") or {},
+                stage=data.get("stage"),
+                now=now,
+            )
+            if problems:
+                return self._failed(event, "; ".join(p.msg for p in problems))
+            self.engine = engine
+            return ok
+        if self.engine is None:
+            return self._failed(event, f"deal {self.deal_id} does not exist (no deal.created yet)")
+        engine = self.engine
+        if event.type == "deal.updated":
+            engine.update(now, data)
+        elif event.type == "deal.activity":
+            engine.activity(now, data.get("kind", "activity"))
+        elif event.type == "deal.stage_change_requested":
+            actor = Actor(subject=data.get("actor") or f"source:{event.source_id}")
+            result = engine.request_transition(data["to_stage"], actor, data.get("fields"), now)
+            if result.outcome == "refused":
+                return self._failed(event, "; ".join(p.msg for p in result.problems))
+        return ok
+
+    def _failed(self, event: DealEvent, error: str) -> EventOutcome:
+        workflow.logger.warning("event %s not applied: %s", event.event_id, error)
+        return EventOutcome(event_id=event.event_id, status="failed", error=error)
+
+    # ------------------------------------------------------------------ effects and records
+
+    async def _run_effects(self) -> None:
+        engine = self.engine
+        while engine is not None and engine.effects:
+            effects, engine.effects = engine.effects, []
+            results = await asyncio.gather(
+                *[
+                    workflow.execute_activity(
+                        "run_effect",
+                        EffectInput(
+                            deal_id=self.deal_id,
+                            effect=effect,
+                            test_mode=engine.pipeline.test_mode,
+                        ),
+                        result_type=EffectResult,
+                        start_to_close_timeout=timedelta(seconds=60),
+                        retry_policy=EFFECT_RETRY,
+                    )
+                    for effect in effects
+                ],
+                return_exceptions=True,
+            )
+            now = workflow.now()
+            for effect, result in zip(effects, results, strict=True):
+                if isinstance(result, BaseException):
+                    engine.record(
+                        now,
+                        "action_failed",
+                        {
+                            "effect": effect.kind,
+                            "automation": effect.automation,
+                            "error": _cause(result),
+                        },
+                    )
+                    engine.touch()
+                    continue
+                engine.record(
+                    now,
+                    "action_run" if result.executed else "action_recorded",
+                    {
+                        "effect": effect.kind,
+                        "automation": effect.automation,
+                        "detail": result.detail,
+                        "test_mode": not result.executed,
+                    },
+                )
+                engine.touch()
+                if effect.kind == "assign_owner" and result.owner:
+                    engine.set_owner(now, result.owner, reason=f"automation:{effect.automation}")
+
+    async def _flush(self) -> None:
+        engine = self.engine
+        if engine is None:
+            if self.outcomes:
+                outcomes, self.outcomes = self.outcomes, []
+                await workflow.execute_activity(
+                    "record_deal",
+                    RecordInput(state=None, outcomes=outcomes),
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=DB_RETRY,
+                )
+            return
+        if not (engine.history or self.outcomes or engine.state.revision != self.recorded_revision):
+            return
+        history, engine.history = engine.history, []
+        outcomes, self.outcomes = self.outcomes, []
+        engine.touch()
+        await workflow.execute_activity(
+            "record_deal",
+            RecordInput(state=engine.state, history=history, outcomes=outcomes),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=DB_RETRY,
+        )
+        self.recorded_revision = engine.state.revision
+        self._update_search()
+
+    def _update_search(self) -> None:
+        assert self.engine is not None
+        deal = self.engine.deal
+        wanted = {
+            "PipelineId": deal.pipeline_id,
+            "DealStage": deal.stage,
+            "DealStatus": deal.status,
+            "IsRotting": deal.is_rotting,
+        }
+        if wanted == self.search:
+            return
+        self.search = wanted
+        if Upserts.enabled:
+            workflow.upsert_search_attributes(
+                [
+                    PIPELINE_ID.value_set(deal.pipeline_id),
+                    DEAL_STAGE.value_set(deal.stage),
+                    DEAL_STATUS.value_set(deal.status),
+                    IS_ROTTING.value_set(deal.is_rotting),
+                ]
+            )
+        sla = f", SLA {deal.sla.state} (due {deal.sla.due_at:%Y-%m-%d %H:%M}Z)" if deal.sla else ""
+        rotting = ", ROTTING" if deal.is_rotting else ""
+        pending = (
+            f", waiting for approval to {deal.pending_approval.to_stage}"
+            if deal.pending_approval
+            else ""
+        )
+        workflow.set_current_details(
+            f"**{deal.title or deal.deal_id}** — stage `{deal.stage}` ({deal.status}), "
+            f"{deal.value:g} {deal.currency}, owner {deal.owner or '—'}{sla}{rotting}{pending}"
+        )
+
+    # ------------------------------------------------------------------ messages
+
+    @workflow.signal
+    def events(self, batch: EventBatch) -> None:
+        queued = {e.event_id for e in self.inbox}
+        for event in batch.events:
+            if event.event_id not in self.seen and event.event_id not in queued:
+                self.inbox.append(event)
+                queued.add(event.event_id)
+
+    @workflow.update
+    async def transition(self, req: TransitionRequest) -> TransitionReply:
+        async with self.lock:
+            engine = self._engine()
+            result = engine.request_transition(req.to_stage, req.actor, req.fields, workflow.now())
+            if result.outcome == "refused":
+                raise _refusal(result.problems)
+            await self._run_effects()
+            await self._flush()
+            self.wake = True
+            return TransitionReply(
+                outcome=result.outcome,
+                approval_id=result.approval_id,
+                revision=engine.state.revision,
+            )
+
+    @transition.validator
+    def _validate_transition(self, req: TransitionRequest) -> None:
+        problems = self._engine().check(req.to_stage, req.actor, req.fields)
+        if problems:
+            raise _refusal(problems)
+
+    @workflow.update
+    async def decide(self, req: DecisionRequest) -> DecisionReply:
+        async with self.lock:
+            engine = self._engine()
+            try:
+                result = engine.decide(
+                    workflow.now(), req.approval_id, req.subject, req.decision, req.comment
+                )
+            except DecisionError as exc:
+                raise ApplicationError(exc.message, type=exc.kind, non_retryable=True) from None
+            await self._run_effects()
+            await self._flush()
+            self.wake = True
+            return DecisionReply(
+                approval_id=result.approval_id,
+                outcome=result.outcome,
+                revision=engine.state.revision,
+            )
+
+    @decide.validator
+    def _validate_decide(self, req: DecisionRequest) -> None:
+        try:
+            self._engine().check_decision(req.approval_id, req.subject)
+        except DecisionError as exc:
+            raise ApplicationError(exc.message, type=exc.kind, non_retryable=True) from None
+
+    @workflow.update
+    async def snooze(self, req: SnoozeRequest) -> int:
+        async with self.lock:
+            engine = self._engine()
+            engine.snooze_rotting(workflow.now(), req.until)
+            await self._flush()
+            self.wake = True
+            return engine.state.revision
+
+    @snooze.validator
+    def _validate_snooze(self, req: SnoozeRequest) -> None:
+        engine = self._engine()
+        if req.until <= workflow.now():
+            raise ApplicationError("'until' must be in the future", type="invalid")
+        if engine.deal.status != "open":
+            raise ApplicationError("the deal is closed", type="conflict")
+
+    @workflow.query
+    def state(self) -> dict:
+        if self.engine is None:
+            return {}
+        return self.engine.state.model_dump(mode="json")
+
+    def _engine(self) -> Engine:
+        if self.engine is None or not self.ready:
+            raise ApplicationError(f"deal {self.deal_id} does not exist", type="not_found")
+        return self.engine
+
+
+def _refusal(problems: list) -> ApplicationError:
+    return ApplicationError(
+        "the move was refused: " + "; ".join(p.msg for p in problems),
+        {"status": status_for(problems), "problems": problems_detail(problems)},
+        type="transition_refused",
+        non_retryable=True,
+    )
+
+
+def _cause(exc: BaseException) -> str:
+    while getattr(exc, "cause", None) is not None:
+        exc = exc.cause  # type: ignore[assignment]
+    return getattr(exc, "message", None) or str(exc)

@@ -1,0 +1,105 @@
+"""Typed inputs and outputs of the deal workflow and its activities (Pydantic, one per call)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from domain.deal import Actor, Problem
+from domain.engine import Effect, EngineState, HistoryEntry
+from domain.events import DealEvent
+from domain.pipeline import PipelineSnapshot
+
+DEAL_WORKFLOW = "DealWorkflow"
+
+
+def deal_workflow_id(deal_id: str) -> str:
+    return f"deal-{deal_id}"
+
+
+class DealInput(BaseModel):
+    """Start (or continue-as-new) input: everything a run needs to go on where the last stopped."""
+
+    deal_id: str
+    state: EngineState | None = None
+    pipeline: PipelineSnapshot | None = None
+    seen_event_ids: list[str] = Field(default_factory=list)
+    pending_events: list[DealEvent] = Field(default_factory=list)
+
+
+class EventBatch(BaseModel):
+    events: list[DealEvent]
+
+
+class TransitionRequest(BaseModel):
+    to_stage: str
+    fields: dict[str, Any] = Field(default_factory=dict)
+    actor: Actor
+
+
+class TransitionReply(BaseModel):
+    outcome: Literal["moved", "pending_approval"]
+    approval_id: str | None = None
+    revision: int
+
+
+class DecisionRequest(BaseModel):
+    approval_id: str
+    subject: str
+    decision: Literal["approve", "reject"]
+    comment: str | None = None
+
+
+class DecisionReply(BaseModel):
+    approval_id: str
+    outcome: Literal["approved", "rejected", "pending"]
+    revision: int
+
+
+class SnoozeRequest(BaseModel):
+    until: datetime
+    actor: Actor
+
+
+class EventOutcome(BaseModel):
+    event_id: str
+    status: Literal["processed", "failed"]
+    error: str | None = None
+
+
+class LoadPipelineInput(BaseModel):
+    pipeline_id: str
+    version: int | None = None
+
+
+class LoadDealInput(BaseModel):
+    deal_id: str
+
+
+class LoadedDeal(BaseModel):
+    state: EngineState
+    pipeline: PipelineSnapshot
+
+
+class RecordInput(BaseModel):
+    state: EngineState | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+    outcomes: list[EventOutcome] = Field(default_factory=list)
+
+
+class EffectInput(BaseModel):
+    deal_id: str
+    effect: Effect
+    test_mode: bool = False
+
+
+class EffectResult(BaseModel):
+    executed: bool
+    owner: str | None = None
+    detail: str | None = None
+
+
+def problems_detail(problems: list[Problem]) -> list[dict[str, Any]]:
+    return [p.model_dump() for p in problems]
