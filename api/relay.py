@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 from temporalio.client import Client
-from temporalio.common import TypedSearchAttributes
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
 from api.metrics import HANDED_OFF, PENDING_HANDOFF
 from domain.events import DealEvent
@@ -161,6 +161,6 @@ class Relay:
                 task_queue=self.task_queue,
                 start_signal="events",
                 start_signal_args=[batch],
-                search_attributes=TypedSearchAttributes([DEAL_ID.value_set(deal_id)]),
+                search_attributes=TypedSearchAttributes([SearchAttributePair(DEAL_ID, deal_id)]),
                 static_summary=f"Deal {deal_id}",
             )
