@@ -88,6 +88,26 @@ def _keys_list(_: argparse.Namespace) -> int:
     return 0
 
 
+def _sign(args: argparse.Namespace) -> int:
+    """Print curl -H arguments that sign BODY the way a sender of SCHEME would."""
+    import time
+    import uuid
+
+    from domain.signatures import sign
+
+    body = sys.stdin.buffer.read() if args.body == "-" else args.body.encode()
+    headers = sign(
+        args.scheme,
+        args.secret,
+        body,
+        delivery_id=args.id or f"msg_{uuid.uuid4().hex}",
+        timestamp=int(time.time()),
+        event_type=args.event_type,
+    )
+    print(" ".join(f"-H {name}:{value}" for name, value in headers.items()))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dealflow", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -106,6 +126,15 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default=None)
     create.set_defaults(fn=_keys_create)
     keys.add_parser("list", help="list keys").set_defaults(fn=_keys_list)
+    sign = sub.add_parser("sign", help="print curl -H arguments that sign a webhook body")
+    sign.add_argument("--secret", required=True)
+    sign.add_argument("--body", required=True, help="the exact body, or - for standard input")
+    sign.add_argument(
+        "--scheme", choices=["standard", "github", "stripe", "hmac"], default="standard"
+    )
+    sign.add_argument("--id", default=None, help="delivery id (default: a new one)")
+    sign.add_argument("--event-type", default=None, help="X-GitHub-Event for --scheme github")
+    sign.set_defaults(fn=_sign)
     return p
 
 

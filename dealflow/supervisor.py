@@ -116,6 +116,7 @@ def run_dev(settings: Settings) -> int:
     env = dict(os.environ)
     token = settings.admin_token or ensure_secret(data, "admin_token", prefix="dfa_")
     env["DEALFLOW_ADMIN_TOKEN"] = token
+    env.setdefault("DEALFLOW_LOG_FORMAT", "text")
     if not settings.secret_key:
         env["DEALFLOW_SECRET_KEY"] = ensure_secret(data, "secret_key")
     for port, what in ((settings.api_port, "DEALFLOW_API_PORT"),) + (
