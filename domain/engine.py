@@ -23,7 +23,7 @@ from domain.deal import (
     Problem,
     SlaState,
 )
-from domain.expressions import evaluate, is_truthy
+from domain.expressions import ExpressionError, evaluate, is_truthy
 from domain.pipeline import AutomationSpec, PipelineSnapshot, StageSpec
 from domain.rules import check_transition
 
@@ -140,7 +140,8 @@ class Engine:
         if problems:
             return engine, problems
         engine.record(now, "deal_created", {"stage": first, "value": value, "owner": owner})
-        engine._enter_stage(now, first, previous=None)
+        engine._enter_stage(now, first)
+        engine._fire(now, "stage_entered", stage=first)
         return engine, []
 
     # ----------------------------------------------------------------- helpers
@@ -175,7 +176,8 @@ class Engine:
 
     # ----------------------------------------------------------------- stage entry / exit
 
-    def _enter_stage(self, now: datetime, key: str, previous: str | None) -> None:
+    def _enter_stage(self, now: datetime, key: str) -> None:
+        """The new stage's state (clocks, SLA, outcome); automations are fired by the caller."""
         deal = self.deal
         stage = self._stage(key)
         deal.stage = key
@@ -197,26 +199,55 @@ class Engine:
                 warn_at=add_business_time(now, target * stage.sla.warn_at, cal),
             )
         self.touch()
-        self._fire(now, "stage_entered", stage=key)
 
-    def _move(self, now: datetime, to_stage: str, actor: Actor, reason: str) -> None:
+    def _move(
+        self,
+        now: datetime,
+        to_stage: str,
+        actor: Actor,
+        reason: str,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
         previous = self.deal.stage
+        changed = [k for k, v in (fields or {}).items() if self.deal.fields.get(k) != v]
+        if fields:
+            self.deal.fields.update(fields)
         if (
             self.deal.pending_approval is not None
             and self.deal.pending_approval.to_stage != to_stage
         ):
             self._withdraw_approval(now, f"the deal moved to {to_stage}")
-        self.record(
-            now,
-            "stage_changed",
-            {"from": previous, "to": to_stage, "by": actor.subject, "reason": reason},
-        )
+        data: dict[str, Any] = {
+            "from": previous,
+            "to": to_stage,
+            "by": actor.subject,
+            "reason": reason,
+        }
+        if changed:
+            data["fields"] = changed
+        self.record(now, "stage_changed", data)
+        self._enter_stage(now, to_stage)
+        # The deal is in its new stage before any automation runs, so an automation that moves
+        # it on (from stage_exited or stage_entered) starts from where the deal really is.
+        entry = self.state.stage_entry
         self._fire(now, "stage_exited", stage=previous)
-        self._enter_stage(now, to_stage, previous=previous)
+        if self.state.stage_entry == entry:
+            self._fire(now, "stage_entered", stage=to_stage)
+        for name in changed:
+            if self.state.stage_entry != entry:
+                break
+            self._fire(now, "field_changed", stage=to_stage, field=name)
 
     # ----------------------------------------------------------------- automations
 
-    def _matches(self, auto: AutomationSpec, on: str, stage: str | None, field: str | None) -> bool:
+    def _matches(
+        self,
+        auto: AutomationSpec,
+        on: str,
+        stage: str | None,
+        field: str | None,
+        now: datetime | None = None,
+    ) -> bool:
         trig = auto.trigger
         if trig.on != on:
             return False
@@ -225,13 +256,30 @@ class Engine:
         if on == "field_changed" and trig.field != field:
             return False
         doc = self.deal.document()
-        return all(is_truthy(evaluate(c.expr, doc)) for c in auto.conditions)
+        for cond in auto.conditions:
+            try:
+                if not is_truthy(evaluate(cond.expr, doc)):
+                    return False
+            except ExpressionError as exc:
+                # A condition that cannot be evaluated does not hold; it must not crash the
+                # workflow (a raising workflow task would retry forever).
+                if now is not None:
+                    self.record(
+                        now,
+                        "automation_condition_failed",
+                        {"automation": auto.name, "expr": cond.expr, "error": str(exc)},
+                    )
+                return False
+        return True
 
     def _fire(
         self, now: datetime, on: str, *, stage: str | None = None, field: str | None = None
     ) -> None:
+        entry = self.state.stage_entry
         for index, auto in enumerate(self.spec.automations):
-            if self._matches(auto, on, stage, field):
+            if self.state.stage_entry != entry:
+                return  # an automation moved the deal on: the rest no longer apply
+            if self._matches(auto, on, stage, field, now):
                 self._run_automation(now, index, auto)
 
     def _run_automation(self, now: datetime, index: int, auto: AutomationSpec) -> None:
@@ -408,14 +456,18 @@ class Engine:
                     {"to": to_stage, "by": actor.subject, "problems": [p.msg for p in problems]},
                 )
             return TransitionResult(outcome="refused", problems=problems)
-        deal = self.deal
-        if fields:
-            deal.fields.update(fields)
         stage = self.spec.stage(to_stage)
         assert stage is not None
         if stage.approval is not None:
+            # The fields sent with the move wait with it: a rejected move changes nothing.
             return self._request_approval(now, stage, actor, fields or {})
-        self._move(now, to_stage, actor, reason="automation" if actor.automatic else "request")
+        self._move(
+            now,
+            to_stage,
+            actor,
+            reason="automation" if actor.automatic else "request",
+            fields=fields,
+        )
         return TransitionResult(outcome="moved")
 
     def check(self, to_stage: str, actor: Actor, fields: dict[str, Any] | None) -> list[Problem]:
@@ -466,10 +518,14 @@ class Engine:
             "approval_requested",
             {
                 "approval_id": approval_id,
+                "from": deal.stage,
                 "to": stage.key,
                 "approvers": list(spec.approvers),
                 "mode": spec.mode,
                 "by": actor.subject,
+                "due_at": deal.pending_approval.due_at.isoformat()
+                if deal.pending_approval.due_at
+                else None,
             },
         )
         self._effect(
@@ -566,6 +622,7 @@ class Engine:
                 pending.to_stage,
                 Actor(subject=pending.requested_by),
                 reason=f"approval {pending.approval_id}",
+                fields=pending.fields,
             )
 
     # ----------------------------------------------------------------- time
@@ -640,7 +697,13 @@ class Engine:
             )
             self._fire(now, "sla_breached", stage=stage_key)
         rot = self.rotting_deadline()
-        if deal.stage == stage_key and rot is not None and not deal.is_rotting and now >= rot:
+        if (
+            deal.status == "open"
+            and deal.stage == stage_key
+            and rot is not None
+            and not deal.is_rotting
+            and now >= rot
+        ):
             deal.is_rotting = True
             self.touch()
             self.record(now, "rotting", {"stage": stage_key, "since": rot.isoformat()})
@@ -668,7 +731,7 @@ class Engine:
                 and now >= deal.stage_entered_at + trig.after
             ):
                 self.state.fired.append(f"t{index}")
-                if self._matches(auto, "time_in_stage", deal.stage, None):
+                if self._matches(auto, "time_in_stage", deal.stage, None, now):
                     self._run_automation(now, index, auto)
 
     def _approval_timeout(self, now: datetime, pending: PendingApproval) -> None:
