@@ -84,8 +84,19 @@ class Supervisor:
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.stopping = False
 
-    def spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    def spawn(
+        self, name: str, cmd: list[str], env: dict[str, str], log: Path | None = None
+    ) -> subprocess.Popen:
+        out = log.open("ab") if log is not None else None
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+        )
+        if out is not None:
+            out.close()
         self.children.append((name, proc))
         return proc
 
@@ -140,7 +151,9 @@ def run_dev(settings: Settings) -> int:
     exe = [sys.executable, "-m", "dealflow.cli"]
     try:
         if settings.embedded_temporal:
-            server = sup.spawn("temporal", dev_server_command(settings), env)
+            server = sup.spawn(
+                "temporal", dev_server_command(settings), env, log=data / "temporal.log"
+            )
             wait_for_port("127.0.0.1", settings.temporal_grpc_port, 60, server)
             wait_for_port("127.0.0.1", settings.temporal_ui_port, 30, server)
             env["DEALFLOW_TEMPORAL_ADDRESS"] = settings.temporal_target
@@ -148,6 +161,9 @@ def run_dev(settings: Settings) -> int:
         api = sup.spawn("api", [*exe, "api"], env)
         wait_for_port(settings.api_host, settings.api_port, 60, api)
         base = f"http://{settings.api_host}:{settings.api_port}"
+        temporal_log = (
+            f"   (log: {data.resolve() / 'temporal.log'})" if settings.embedded_temporal else ""
+        )
         ui = (
             f"http://127.0.0.1:{settings.temporal_ui_port}"
             if settings.embedded_temporal
@@ -158,6 +174,7 @@ def run_dev(settings: Settings) -> int:
             f"  dealflow is running\n"
             f"    API            {base}   (OpenAPI: {base}/docs)\n"
             f"    Temporal UI    {ui}\n"
+            f"    Temporal gRPC  {settings.temporal_target}{temporal_log}\n"
             f"    admin token    {token}\n"
             f"    data           {data.resolve()}\n"
             f"  export DEALFLOW_ADMIN_TOKEN={token}\n"
