@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +11,7 @@ from fastapi import FastAPI
 
 from api import problems
 from api.context import AppContext
+from api.ingress.clientip import parse_network
 from api.ingress.limits import LocalLimiter
 from api.ingress.writer import EventWriter
 from api.relay import Relay
@@ -43,9 +43,7 @@ def build_context(settings: Settings) -> AppContext:
     ctx = AppContext(settings=settings, db=db, box=box, admin_token=admin_token)
     ctx.sources = SourceCache(db, box)
     ctx.limiter = _limiter(settings)
-    ctx.trusted_proxies = tuple(
-        ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies
-    )
+    ctx.trusted_proxies = tuple(parse_network(p) for p in settings.trusted_proxies)
     return ctx
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from api.ingress.clientip import parse_network
 from dealflow.crypto import SecretBox
 from domain.mapping import CompiledMapping, MappingError, compile_mapping
 from store.db import Database
@@ -50,7 +52,7 @@ def to_active(row: Source, box: SecretBox) -> ActiveSource:
         name=row.name,
         scheme=row.scheme,
         secrets=tuple(secrets),
-        networks=tuple(ipaddress.ip_network(c, strict=False) for c in row.ip_allowlist),
+        networks=tuple(parse_network(c) for c in row.ip_allowlist),
         rate_per_second=row.rate_per_second,
         rate_burst=row.rate_burst,
         tolerance_s=row.tolerance_seconds,
@@ -79,9 +81,24 @@ class SourceCache:
         self.ttl = ttl
         self._items: dict[str, ActiveSource] = {}
 
-    def get(self, source_id: str) -> ActiveSource | None:
+    def cached(self, source_id: str) -> ActiveSource | None:
+        """The source if it was loaded less than ``ttl`` seconds ago (no I/O)."""
         item = self._items.get(source_id)
         if item is not None and time.monotonic() - item.loaded_at < self.ttl:
+            return item
+        return None
+
+    async def lookup(self, source_id: str) -> ActiveSource | None:
+        """The source, from the cache or (in a thread, off the event loop) from the database.
+        Raises when the database cannot be read."""
+        item = self.cached(source_id)
+        if item is not None:
+            return item
+        return await asyncio.to_thread(self.get, source_id)
+
+    def get(self, source_id: str) -> ActiveSource | None:
+        item = self.cached(source_id)
+        if item is not None:
             return item
         with self.db.session() as session:
             row = session.get(Source, source_id)

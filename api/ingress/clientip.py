@@ -22,6 +22,19 @@ def parse_ip(text: str) -> Address | None:
     return addr
 
 
+def normalise_network(net: Network) -> Network:
+    """An IPv4-mapped IPv6 block (``::ffff:10.0.0.0/104``) as the IPv4 block it stands for."""
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96:
+        mapped = net.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
+    return net
+
+
+def parse_network(text: str) -> Network:
+    return normalise_network(ipaddress.ip_network(text.strip(), strict=False))
+
+
 def _trusted(addr: Address, proxies: Sequence[Network]) -> bool:
     return any(addr.version == net.version and addr in net for net in proxies)
 

@@ -9,6 +9,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from sqlalchemy.exc import DataError, IntegrityError
+
 from store.db import Database
 from store.events import NewEvent, accept_many
 
@@ -50,6 +52,17 @@ class EventWriter:
     async def _flush(self, batch: list[tuple[NewEvent, asyncio.Future[tuple[str, bool]]]]) -> None:
         try:
             result = await asyncio.to_thread(accept_many, self.db, [ev for ev, _ in batch])
+        except (DataError, IntegrityError) as exc:
+            if len(batch) == 1:
+                event, future = batch[0]
+                log.error("could not store event %s: %s", event.id, exc.orig)
+                if not future.done():
+                    future.set_exception(exc)
+                return
+            # One bad row must not fail the requests it shares a transaction with.
+            for item in batch:
+                await self._flush([item])
+            return
         except Exception as exc:  # the database is down: every request in the batch gets a 503
             log.error("could not store %d events: %s", len(batch), exc)
             for _, future in batch:

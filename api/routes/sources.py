@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -11,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from sqlmodel import select
 
 from api.auth import Admin, Ctx
+from api.ingress.clientip import parse_network
 from api.problems import ProblemError
 from dealflow.ids import new_id
 from domain.durations import Duration, format_duration
@@ -35,7 +35,7 @@ def _check_cidrs(value: list[str] | None) -> list[str] | None:
     out = []
     for item in value:
         try:
-            out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            out.append(str(parse_network(item)))
         except ValueError:
             raise ValueError(f"'{item}' is not an IPv4 or IPv6 address or CIDR block") from None
     return out

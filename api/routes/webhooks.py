@@ -3,8 +3,10 @@ Temporal (the relay hands stored events over asynchronously)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -20,10 +22,11 @@ from api.metrics import SOURCES_BLOCKED, WEBHOOK_ACK, WEBHOOKS_RECEIVED
 from api.problems import ProblemError, problem_response
 from api.sources_cache import ActiveSource
 from dealflow.ids import new_id
-from domain.events import EnvelopeError, validate_envelope
+from domain.events import EVENT_TYPES, EnvelopeError, validate_envelope
 from domain.mapping import MappingError
 from domain.signatures import SignatureError, stripe_ids, verify
 from store.events import NewEvent
+from store.models import Source
 
 router = APIRouter(tags=["webhooks"])
 log = logging.getLogger("dealflow.ingress")
@@ -39,6 +42,8 @@ KEPT_HEADERS = (
     "stripe-signature",
 )
 AUTH_WINDOW_S = 60.0
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+SOURCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Rejection(ProblemError):
@@ -74,9 +79,7 @@ async def receive(source_id: str, request: Request) -> Response:
     outcome = "error"
     delivery_id: str | None = None
     try:
-        source = ctx.sources.get(source_id) if ctx.sources else None
-        if source is None:
-            raise Rejection(404, f"no source {source_id}", "not_found")
+        source = await _source(ctx, source_id)
         label = source.id
         status, body, outcome, delivery_id = await _handle(ctx, source, request)
         return _json(status, body)
@@ -104,6 +107,24 @@ async def receive(source_id: str, request: Request) -> Response:
                 "latency_ms": round(elapsed * 1000, 2),
             },
         )
+
+
+async def _source(ctx: AppContext, source_id: str) -> ActiveSource:
+    if not SOURCE_ID.fullmatch(source_id):
+        raise Rejection(404, "no such source", "not_found")
+    try:
+        source = await ctx.sources.lookup(source_id) if ctx.sources else None
+    except Exception as exc:
+        log.error("could not load source %s: %s", source_id, type(exc).__name__)
+        raise Rejection(
+            503,
+            "the source could not be loaded; retry later",
+            "unavailable",
+            headers={"Retry-After": "5"},
+        ) from None
+    if source is None:
+        raise Rejection(404, f"no source {source_id}", "not_found")
+    return source
 
 
 def _outcome_for(status: int) -> str:
@@ -161,13 +182,15 @@ async def _handle(
             now=now.timestamp(),
         )
     except SignatureError as exc:
-        _auth_failed(ctx, source)
+        await _auth_failed(ctx, source)
         raise Rejection(401, f"signature check failed: {exc.reason}", "unauthorized") from None
     body = parse_json(raw, settings.max_json_depth)
     delivery_id = verified.delivery_id
     foreign_type = verified.event_type
     if source.scheme == "stripe":
         delivery_id, foreign_type = stripe_ids(body)
+    if foreign_type is None and isinstance(body, dict) and isinstance(body.get("type"), str):
+        foreign_type = body["type"]
     if not delivery_id:
         where = {
             "standard": "webhook-id header",
@@ -183,7 +206,19 @@ async def _handle(
         )
     if len(delivery_id) > 200:
         raise Rejection(422, "the delivery id is longer than 200 characters", "invalid")
+    if CONTROL.search(delivery_id):
+        raise Rejection(422, "the delivery id contains control characters", "invalid")
     native = _to_native(source, body, foreign_type, request)
+    deal_id = native[1].get("deal_id") if native else None
+    if isinstance(deal_id, str) and CONTROL.search(deal_id):
+        raise Rejection(
+            422,
+            "the deal id contains control characters",
+            "invalid",
+            errors=[{"loc": ["body", "data", "deal_id"], "msg": "control characters"}],
+        )
+    if foreign_type is not None:
+        foreign_type = CONTROL.sub("", foreign_type)[:100] or "unknown"
     headers = {k: v for k in KEPT_HEADERS if (v := request.headers.get(k)) is not None}
     event = NewEvent(
         id=new_id("evt"),
@@ -191,7 +226,7 @@ async def _handle(
         delivery_id=delivery_id,
         type=native[0] if native else (foreign_type or "unknown")[:100],
         status="accepted" if native else "ignored",
-        deal_id=native[1].get("deal_id") if native else None,
+        deal_id=deal_id,
         payload=native[1] if native else {},
         raw_body=raw,
         headers=headers,
@@ -225,7 +260,11 @@ def _rate_limit(ctx: AppContext, source: ActiveSource) -> None:
     if source.rate_per_second and source.rate_burst:
         checks.insert(0, (f"source:{source.id}", source.rate_per_second, source.rate_burst))
     for key, rate, burst in checks:
-        decision = limiter.take(key, rate, burst)
+        try:
+            decision = limiter.take(key, rate, burst)
+        except Exception as exc:  # the shared limiter is down: fail open, loudly
+            log.warning("rate limiter unavailable (%s); not limiting", type(exc).__name__)
+            return
         if not decision.allowed:
             retry = max(1, int(decision.retry_after + 0.999))
             scope = "this source's" if key != "global" else "the global"
@@ -237,32 +276,46 @@ def _rate_limit(ctx: AppContext, source: ActiveSource) -> None:
             )
 
 
-def _auth_failed(ctx: AppContext, source: ActiveSource) -> None:
+async def _auth_failed(ctx: AppContext, source: ActiveSource) -> None:
     limiter = ctx.limiter
     settings = ctx.settings
     if limiter is None:
         return
-    if limiter.auth_failure(f"auth:{source.id}", settings.auth_failure_limit, AUTH_WINDOW_S):
-        until = datetime.now(UTC) + settings.auth_block
-        from store.models import Source
-
-        with ctx.db.session() as session:
-            row = session.get(Source, source.id)
-            if row is not None and (row.blocked_until is None or row.blocked_until < until):
-                row.blocked_until = until
-                session.add(row)
-                session.commit()
-        if ctx.sources is not None:
-            ctx.sources.forget(source.id)
-        SOURCES_BLOCKED.labels(source.id).inc()
-        log.warning(
-            "source %s blocked until %s after %d authentication failures in %ds",
-            source.id,
-            until.isoformat(),
-            settings.auth_failure_limit,
-            int(AUTH_WINDOW_S),
-            extra={"source": source.id, "outcome": "blocked"},
+    try:
+        tripped = limiter.auth_failure(
+            f"auth:{source.id}", settings.auth_failure_limit, AUTH_WINDOW_S
         )
+    except Exception as exc:  # the shared limiter is down: the 401 stands, no block
+        log.warning("could not count an authentication failure: %s", type(exc).__name__)
+        return
+    if not tripped:
+        return
+    until = datetime.now(UTC) + settings.auth_block
+    try:
+        await asyncio.to_thread(_block, ctx, source.id, until)
+    except Exception as exc:
+        log.error("could not block source %s: %s", source.id, type(exc).__name__)
+        return
+    if ctx.sources is not None:
+        ctx.sources.forget(source.id)
+    SOURCES_BLOCKED.labels(source.id).inc()
+    log.warning(
+        "source %s blocked until %s after %d authentication failures in %ds",
+        source.id,
+        until.isoformat(),
+        settings.auth_failure_limit,
+        int(AUTH_WINDOW_S),
+        extra={"source": source.id, "outcome": "blocked"},
+    )
+
+
+def _block(ctx: AppContext, source_id: str, until: datetime) -> None:
+    with ctx.db.session() as session:
+        row = session.get(Source, source_id)
+        if row is not None and (row.blocked_until is None or row.blocked_until < until):
+            row.blocked_until = until
+            session.add(row)
+            session.commit()
 
 
 def _to_native(
@@ -286,6 +339,9 @@ def _to_native(
         return _validated({"type": native_type, "data": data}, ("mapped",))
     if source.scheme == "github":
         return None
+    if isinstance(body, dict) and isinstance(body.get("type"), str):
+        if body["type"] not in EVENT_TYPES:
+            return None  # a type dealflow does not know: acknowledged, not processed
     return _validated(body, ("body",))
 
 
