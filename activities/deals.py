@@ -127,6 +127,32 @@ def _write_deal(session, inp: RecordInput, now: datetime) -> None:  # type: igno
         ],
         ["deal_id", "seq"],
     )
+    # Every approval requested gets its row, even one resolved or withdrawn in the same batch.
+    insert_ignore(
+        session,
+        Approval,
+        [
+            {
+                "id": h.data["approval_id"],
+                "deal_id": deal.deal_id,
+                "from_stage": h.data.get("from") or "",
+                "to_stage": h.data["to"],
+                "approvers": list(h.data.get("approvers") or []),
+                "mode": h.data.get("mode") or "any",
+                "status": "pending",
+                "decisions": [],
+                "requested_by": h.data.get("by"),
+                "requested_at": h.at,
+                "due_at": datetime.fromisoformat(h.data["due_at"])
+                if h.data.get("due_at")
+                else None,
+                "decided_at": None,
+            }
+            for h in inp.history
+            if h.kind == "approval_requested"
+        ],
+        ["id"],
+    )
     pending = deal.pending_approval
     if pending is not None:
         upsert(

@@ -113,10 +113,10 @@ class EffectActivities:
                 f"integration '{name}' is not configured (DEALFLOW_INTEGRATIONS)",
                 non_retryable=True,
             )
-        info = activity.info()
-        key = f"{info.workflow_run_id}:{info.activity_id}"
+        # The effect's key is stable across retries, replays and continue-as-new (the engine
+        # numbers effects in its carried state), so the receiver can drop repeats.
         body = {"deal": inp.effect.data.get("context", {}), **inp.effect.data.get("payload", {})}
-        response = self._post(url, body, idempotency_key=key)
+        response = self._post(url, body, idempotency_key=inp.effect.key)
         return EffectResult(executed=True, detail=f"{name} answered {response.status_code}")
 
     def _create_task(self, inp: EffectInput) -> EffectResult:

@@ -15,14 +15,27 @@ BUILTIN: dict[str, str] = {
 }
 
 
-class _Missing(dict):  # type: ignore[type-arg]
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
+class _Formatter(string.Formatter):
+    """Plain ``{name}`` placeholders only: no attribute or index access (``{x.__class__}``),
+    no positional fields; an unknown name is left as it is."""
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, str]:
+        if not field_name.isidentifier():
+            raise ValueError(f"placeholder {{{field_name}}} is not a plain name")
+        if field_name not in kwargs:
+            return "{" + field_name + "}", field_name
+        return kwargs[field_name], field_name
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        try:
+            return super().format_field(value, format_spec)
+        except (ValueError, TypeError):
+            return str(value)
 
 
 def render(template: str, context: dict[str, Any]) -> str:
     text = BUILTIN.get(template, template)
     try:
-        return string.Formatter().vformat(text, (), _Missing(context))
-    except (ValueError, IndexError, AttributeError):
+        return _Formatter().vformat(text, (), context)
+    except (ValueError, IndexError, AttributeError, KeyError):
         return text

@@ -39,7 +39,14 @@ with workflow.unsafe.imports_passed_through():
         TransitionRequest,
         problems_detail,
     )
-    from workflows.search import DEAL_STAGE, DEAL_STATUS, IS_ROTTING, PIPELINE_ID, Upserts
+    from workflows.search import (
+        DEAL_ID,
+        DEAL_STAGE,
+        DEAL_STATUS,
+        IS_ROTTING,
+        PIPELINE_ID,
+        Upserts,
+    )
 
 SEEN_LIMIT = 10_000
 DB_RETRY = RetryPolicy(
@@ -69,6 +76,7 @@ class DealWorkflow:
         self.outcomes: list[EventOutcome] = []
         self.recorded_revision = self.engine.state.revision if self.engine else -1
         self.search: dict[str, object] = {}
+        self.details = ""
         self.ready = self.engine is not None
         self.wake = False
 
@@ -100,10 +108,30 @@ class DealWorkflow:
             ):
                 return self.engine.deal.status
             if workflow.info().is_continue_as_new_suggested():
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                async with self.lock:
-                    await self._step()
-                    workflow.continue_as_new(self._carry())
+                # Let running updates finish, then hand over without awaiting anything more, so
+                # that no update is cut off and nothing is left unprocessed or unrecorded; what
+                # arrived meanwhile is processed first (the loop comes back here afterwards).
+                await workflow.wait_condition(
+                    lambda: workflow.all_handlers_finished() and not self.lock.locked()
+                )
+                if self.inbox or self.wake or self.outcomes or self._unrecorded():
+                    continue
+                workflow.continue_as_new(self._carry())
+
+    def _unrecorded(self) -> bool:
+        engine = self.engine
+        return engine is not None and bool(
+            engine.history or engine.effects or engine.state.revision != self.recorded_revision
+        )
+
+    async def _catch_up(self) -> Engine:
+        """Apply what is due by now before a message acts (a timer may be due in this task)."""
+        engine = self._engine()
+        engine.advance(workflow.now())
+        if engine.history or engine.effects:
+            await self._run_effects()
+            await self._flush()
+        return engine
 
     def _timeout(self) -> timedelta | None:
         if self.engine is None:
@@ -285,17 +313,16 @@ class DealWorkflow:
         assert self.engine is not None
         deal = self.engine.deal
         wanted = {
+            "DealId": deal.deal_id,
             "PipelineId": deal.pipeline_id,
             "DealStage": deal.stage,
             "DealStatus": deal.status,
             "IsRotting": deal.is_rotting,
         }
-        if wanted == self.search:
-            return
-        self.search = wanted
-        if Upserts.enabled:
+        if wanted != self.search and Upserts.enabled:
             workflow.upsert_search_attributes(
                 [
+                    DEAL_ID.value_set(deal.deal_id),
                     PIPELINE_ID.value_set(deal.pipeline_id),
                     DEAL_STAGE.value_set(deal.stage),
                     DEAL_STATUS.value_set(deal.status),
@@ -309,10 +336,14 @@ class DealWorkflow:
             if deal.pending_approval
             else ""
         )
-        workflow.set_current_details(
+        details = (
             f"**{deal.title or deal.deal_id}** — stage `{deal.stage}` ({deal.status}), "
             f"{deal.value:g} {deal.currency}, owner {deal.owner or '—'}{sla}{rotting}{pending}"
         )
+        self.search = wanted
+        if details != self.details:
+            self.details = details
+            workflow.set_current_details(details)
 
     # ------------------------------------------------------------------ messages
 
@@ -327,7 +358,7 @@ class DealWorkflow:
     @workflow.update
     async def transition(self, req: TransitionRequest) -> TransitionReply:
         async with self.lock:
-            engine = self._engine()
+            engine = await self._catch_up()
             result = engine.request_transition(req.to_stage, req.actor, req.fields, workflow.now())
             if result.outcome == "refused":
                 raise _refusal(result.problems)
@@ -349,7 +380,7 @@ class DealWorkflow:
     @workflow.update
     async def decide(self, req: DecisionRequest) -> DecisionReply:
         async with self.lock:
-            engine = self._engine()
+            engine = await self._catch_up()
             try:
                 result = engine.decide(
                     workflow.now(), req.approval_id, req.subject, req.decision, req.comment
@@ -375,7 +406,9 @@ class DealWorkflow:
     @workflow.update
     async def snooze(self, req: SnoozeRequest) -> int:
         async with self.lock:
-            engine = self._engine()
+            engine = await self._catch_up()
+            if engine.deal.status != "open":
+                raise ApplicationError("the deal is closed", type="conflict", non_retryable=True)
             engine.snooze_rotting(workflow.now(), req.until)
             await self._flush()
             self.wake = True
