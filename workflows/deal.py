@@ -49,6 +49,12 @@ with workflow.unsafe.imports_passed_through():
     )
 
 SEEN_LIMIT = 10_000
+CHUNK = 500
+"""Events applied per step, and history entries per ``record_deal`` call: a burst of events
+must not become one activity input over Temporal's payload limit (2 MB)."""
+CARRY_LIMIT = CHUNK
+"""At most this many unprocessed events are carried across continue-as-new (more are processed
+first), so the new run's input stays well under the payload limit too."""
 DB_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     backoff_coefficient=2.0,
@@ -114,7 +120,12 @@ class DealWorkflow:
                 await workflow.wait_condition(
                     lambda: workflow.all_handlers_finished() and not self.lock.locked()
                 )
-                if self.inbox or self.wake or self.outcomes or self._unrecorded():
+                if (
+                    len(self.inbox) > CARRY_LIMIT
+                    or self.wake
+                    or self.outcomes
+                    or self._unrecorded()
+                ):
                     continue
                 workflow.continue_as_new(self._carry())
 
@@ -168,7 +179,7 @@ class DealWorkflow:
         now = workflow.now()
         if self.engine is not None:
             self.engine.advance(now)
-        batch, self.inbox = self.inbox, []
+        batch, self.inbox = self.inbox[:CHUNK], self.inbox[CHUNK:]
         for event in batch:
             if event.event_id in self.seen:
                 continue
@@ -300,12 +311,18 @@ class DealWorkflow:
         history, engine.history = engine.history, []
         outcomes, self.outcomes = self.outcomes, []
         engine.touch()
-        await workflow.execute_activity(
-            "record_deal",
-            RecordInput(state=engine.state, history=history, outcomes=outcomes),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=DB_RETRY,
-        )
+        first = True
+        while first or history:
+            # The first call writes the deal row (a newer revision); the later ones only add
+            # history (the row's revision is not newer, so the row is left as it is).
+            piece, history = history[:CHUNK], history[CHUNK:]
+            await workflow.execute_activity(
+                "record_deal",
+                RecordInput(state=engine.state, history=piece, outcomes=outcomes if first else []),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
+            )
+            first = False
         self.recorded_revision = engine.state.revision
         self._update_search()
 
