@@ -46,6 +46,7 @@ STAGES = [
     {"key": "lead", "name": "Lead", "probability": 10},
     {"key": "qualified", "name": "Qualified", "probability": 30},
     {"key": "won", "name": "Won", "probability": 100, "outcome": "won"},
+    {"key": "lost", "name": "Lost", "probability": 0, "outcome": "lost"},
 ]
 
 
