@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import pydantic
 from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from api.auth import Admin, Ctx, Viewer
@@ -122,11 +123,27 @@ def _audit(session, actor: str, action: str, target: str, data: dict[str, Any]) 
 
 
 def _new_version(
-    ctx: Any, pipeline_id: str, spec: PipelineSpec, subject: str, via: str
+    ctx: Any,
+    pipeline_id: str,
+    spec: PipelineSpec,
+    subject: str,
+    via: str,
+    base_version: int | None = None,
 ) -> dict[str, Any]:
-    """Store ``spec`` as the pipeline's next version, audited with what changed."""
+    """Store ``spec`` as the pipeline's next version, audited with what changed.
+
+    ``base_version`` is the version ``spec`` was derived from (a reorder): if another change was
+    saved since, this one is refused (409) rather than silently undoing it. Two changes saved at
+    the same instant cannot both get the same number: the loser gets a 409 too.
+    """
     with ctx.db.session() as session:
         row = _pipeline(session, pipeline_id)
+        if base_version is not None and row.current_version != base_version:
+            raise ProblemError(
+                409,
+                f"pipeline {pipeline_id} changed while this was being made (version "
+                f"{row.current_version}, not {base_version}); fetch it and try again",
+            )
         previous = _version(session, pipeline_id, row.current_version)
         diff = diff_specs(previous.spec, spec)
         row.current_version += 1
@@ -152,7 +169,14 @@ def _new_version(
                 "summary": diff["summary"],
             },
         )
-        session.commit()
+        try:
+            session.commit()
+        except IntegrityError:
+            raise ProblemError(
+                409,
+                f"another change to pipeline {pipeline_id} was saved at the same time; "
+                "fetch it and try again",
+            ) from None
         return pipeline_out(row, version)
 
 
@@ -222,9 +246,8 @@ def reorder(pipeline_id: str, ctx: Ctx, principal: Admin, body: ReorderBody) -> 
     """A new version with the same stages in ``order`` (every key exactly once)."""
     with ctx.db.session() as session:
         row = _pipeline(session, pipeline_id)
-        current = PipelineSpec.model_validate(
-            _version(session, pipeline_id, row.current_version).spec
-        )
+        base_version = row.current_version
+        current = PipelineSpec.model_validate(_version(session, pipeline_id, base_version).spec)
     keys = [s.key for s in current.stages]
     problems: list[Problem] = []
     seen: dict[str, int] = {}
@@ -275,7 +298,9 @@ def reorder(pipeline_id: str, ctx: Ctx, principal: Admin, body: ReorderBody) -> 
             for p in reordered
         ]
         _problems_422(mapped, "the reordered pipeline")
-    return _new_version(ctx, pipeline_id, spec, principal.subject, via="stages:reorder")
+    return _new_version(
+        ctx, pipeline_id, spec, principal.subject, via="stages:reorder", base_version=base_version
+    )
 
 
 # --------------------------------------------------------------------------- versions

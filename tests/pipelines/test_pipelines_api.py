@@ -408,3 +408,20 @@ def test_simulation_of_an_older_version_and_bad_scripts(papi: Api):
         (("body", "deal", "stage"), "unknown_stage"),
         (("body", "steps", 0, "at"), "invalid_step_time"),
     ]
+
+
+def test_concurrent_changes_never_share_a_version_number(papi: Api):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pid = papi.create(body())["id"]
+
+    def put(i: int) -> int:
+        return papi.call(
+            "PUT", f"/v1/pipelines/{pid}", json=body(description=f"change {i}")
+        ).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(put, range(8)))
+    assert set(statuses) <= {200, 409}, statuses
+    versions = papi.call("GET", f"/v1/pipelines/{pid}/versions", as_="viewer").json()["data"]
+    assert [v["version"] for v in versions] == list(range(1, 2 + statuses.count(200)))
