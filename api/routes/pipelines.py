@@ -49,6 +49,33 @@ class ReorderBody(BaseModel):
 # --------------------------------------------------------------------------- helpers
 
 
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its ``$defs`` inlined (for ``openapi_extra``; no recursion)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.rsplit("/", 1)[-1]])
+            # A discriminator's mapping names $defs; oneOf alone says the same once inlined.
+            return {k: walk(v) for k, v in node.items() if k != "discriminator"}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)  # type: ignore[no-any-return]
+
+
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    schema = _inline(model.model_json_schema(by_alias=True))
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+PIPELINE_BODY = _body_doc(PipelineSpec)
+SCRIPT_BODY = _body_doc(Script)
+
+
 def _problems_422(
     problems: list[Problem], what: str, prefix: tuple[str, ...] = ("body",)
 ) -> NoReturn:
@@ -193,7 +220,7 @@ def templates(_: Viewer) -> dict[str, Any]:
 # --------------------------------------------------------------------------- CRUD
 
 
-@router.post(BASE, status_code=201)
+@router.post(BASE, status_code=201, openapi_extra=PIPELINE_BODY)
 def create(ctx: Ctx, principal: Admin, payload: Any = Body(...)) -> dict[str, Any]:
     spec = _spec_or_422(payload)
     pipeline_id = new_id("pl")
@@ -233,7 +260,7 @@ def show(pipeline_id: str, ctx: Ctx, _: Viewer, version: int | None = None) -> d
         return pipeline_out(row, _version(session, pipeline_id, version or row.current_version))
 
 
-@router.put(BASE + "/{pipeline_id}")
+@router.put(BASE + "/{pipeline_id}", openapi_extra=PIPELINE_BODY)
 def replace(
     pipeline_id: str, ctx: Ctx, principal: Admin, payload: Any = Body(...)
 ) -> dict[str, Any]:
@@ -437,7 +464,7 @@ def activate(
 # --------------------------------------------------------------------------- simulation
 
 
-@router.post(BASE + "/{pipeline_id}/simulate")
+@router.post(BASE + "/{pipeline_id}/simulate", openapi_extra=SCRIPT_BODY)
 def simulate_route(
     pipeline_id: str,
     ctx: Ctx,

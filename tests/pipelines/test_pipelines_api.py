@@ -425,3 +425,35 @@ def test_concurrent_changes_never_share_a_version_number(papi: Api):
     assert set(statuses) <= {200, 409}, statuses
     versions = papi.call("GET", f"/v1/pipelines/{pid}/versions", as_="viewer").json()["data"]
     assert [v["version"] for v in versions] == list(range(1, 2 + statuses.count(200)))
+
+
+def test_openapi_documents_the_pipeline_and_script_bodies(papi: Api):
+    import jsonschema
+
+    doc = papi.http.get("/openapi.json").json()
+    paths = doc["paths"]
+    for path in ("versions", "versions/{version}", "diff", "audit", "simulate", "metrics"):
+        assert f"/v1/pipelines/{{pipeline_id}}/{path}" in paths
+    assert (
+        "/v1/pipelines/{pipeline_id}/stages:reorder" in paths and "/v1/pipeline-templates" in paths
+    )
+
+    def schema(path: str, method: str) -> dict:
+        return paths[path][method]["requestBody"]["content"]["application/json"]["schema"]
+
+    jsonschema.validate(body(), schema("/v1/pipelines", "post"))
+    with_bad_stage = body(stages=[{"key": "a", "name": "A", "probability": 150}])
+    try:
+        jsonschema.validate(with_bad_stage, schema("/v1/pipelines", "post"))
+    except jsonschema.ValidationError:
+        pass
+    else:
+        raise AssertionError("a probability of 150 passed the documented schema")
+    script_schema = schema("/v1/pipelines/{pipeline_id}/simulate", "post")
+    jsonschema.validate(
+        {
+            "deal": {"title": "A"},
+            "steps": [{"do": "wait", "for": "PT1H"}, {"do": "approve", "subject": "x"}],
+        },
+        script_schema,
+    )
