@@ -12,6 +12,7 @@ from temporalio.client import Client
 
 from dealflow.settings import Settings
 from store.db import Database
+from tests.workflows.support import terminate_started
 from worker import build_worker
 from workflows.search import Upserts
 
@@ -56,6 +57,9 @@ def run_worker(task_queue: str):  # type: ignore[no-untyped-def]
     async def start(client: Client, db: Database, **settings: Any) -> AsyncIterator[None]:
         worker = build_worker(client, db, Settings(task_queue=task_queue, **settings))
         async with worker:
-            yield
+            try:
+                yield
+            finally:
+                await terminate_started(task_queue)
 
     return start

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlmodel import select
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 
 from domain.events import DealEvent
 from domain.pipeline import PipelineSpec
@@ -64,7 +65,7 @@ async def send(
     client: Client, task_queue: str, deal_id: str, events: list[DealEvent]
 ) -> WorkflowHandle:
     """What the relay does: signal-with-start of ``deal-{id}`` with one batch of events."""
-    return await client.start_workflow(
+    handle = await client.start_workflow(
         "DealWorkflow",
         DealInput(deal_id=deal_id),
         id=f"deal-{deal_id}",
@@ -72,6 +73,21 @@ async def send(
         start_signal="events",
         start_signal_args=[EventBatch(events=events)],
     )
+    STARTED.setdefault(task_queue, {})[handle.id] = handle
+    return handle
+
+
+STARTED: dict[str, dict[str, WorkflowHandle]] = {}
+"""The deal workflows each task queue's test started, to terminate when its worker stops (an
+open deal's timers would otherwise hold up time skipping in later tests)."""
+
+
+async def terminate_started(task_queue: str) -> None:
+    for handle in STARTED.pop(task_queue, {}).values():
+        try:
+            await handle.terminate("test finished")
+        except RPCError:
+            pass  # already completed
 
 
 def deal_row(db: Database, deal_id: str) -> Deal | None:

@@ -6,9 +6,11 @@ from datetime import timedelta
 
 import pytest
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from domain.deal import Actor
 from store.db import Database
@@ -22,6 +24,7 @@ from tests.workflows.support import (
     new_id,
     send,
 )
+from workflows.deal import DealWorkflow
 from workflows.messages import (
     DecisionReply,
     DecisionRequest,
@@ -179,6 +182,10 @@ async def test_approval_all_mode_timeout_escalation_and_errors(
 
         late = await failure(decide(handle, apr, "bob"))
         assert late.type == "conflict"
+
+    # the recorded history replays deterministically (updates, timers, activities)
+    replayer = Replayer(workflows=[DealWorkflow], data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(await handle.fetch_history())
 
 
 async def test_all_mode_needs_every_approver_and_withdrawal(

@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from domain.calendar import add_business_time
+from domain.deal import Actor
 from domain.pipeline import BusinessCalendar
 from store.db import Database
 from tests.workflows.support import (
@@ -20,9 +23,11 @@ from tests.workflows.support import (
     new_id,
     send,
 )
+from workflows.messages import SnoozeRequest
 
 pytestmark = pytest.mark.usefixtures("no_upserts")
 DAY = timedelta(days=1)
+ADMIN = Actor(subject="root", role="admin")
 
 ROTTING = {
     "stages": [
@@ -134,3 +139,70 @@ async def test_sla_warning_and_breach_at_their_instants(
         assert due_at <= breach.at < due_at + minute
         notes = [h.data["detail"] for h in history(db, deal, "action_run")]
         assert len(notes) == 1  # the breach notification
+
+
+async def test_snooze_holds_rotting_until_its_date(
+    time_env: WorkflowEnvironment, db: Database, task_queue: str, run_worker
+) -> None:
+    client = time_env.client
+    pipeline = create_pipeline(db, ROTTING)
+    deal = new_id("snz")
+    async with run_worker(client, db):
+        handle = await send(client, task_queue, deal, [created(deal, pipeline)])
+        await eventually(lambda: deal_row(db, deal), "the deal")
+        await time_env.sleep(15 * DAY)
+        await eventually(lambda: deal_row(db, deal).is_rotting, "rotting")
+
+        now = await time_env.get_current_time()
+        with pytest.raises(WorkflowUpdateFailedError) as past:
+            await handle.execute_update(
+                "snooze", SnoozeRequest(until=now - DAY, actor=ADMIN), result_type=int
+            )
+        assert isinstance(past.value.cause, ApplicationError)
+        assert past.value.cause.type == "invalid"
+
+        until = now + 5 * DAY
+        await handle.execute_update(
+            "snooze", SnoozeRequest(until=until, actor=ADMIN), result_type=int
+        )
+        assert not deal_row(db, deal).is_rotting
+        await time_env.sleep(4 * DAY)
+        assert not deal_row(db, deal).is_rotting
+        await time_env.sleep(DAY + timedelta(hours=1))
+        await eventually(lambda: deal_row(db, deal).is_rotting, "rotting again")
+        assert len(history(db, deal, "rotting")) == 2
+        [snoozed] = history(db, deal, "rotting_snoozed")
+        assert datetime.fromisoformat(snoozed.data["until"]) == until
+
+
+async def test_time_in_stage_automation_fires_once(
+    time_env: WorkflowEnvironment, db: Database, task_queue: str, run_worker
+) -> None:
+    spec = {
+        **ROTTING,
+        "automations": [
+            {
+                "name": "nudge",
+                "trigger": {"on": "time_in_stage", "stage": "lead", "after": "P3D"},
+                "actions": [
+                    {"do": "set_field", "field": "nudged", "value": True},
+                    {"do": "create_task", "template": "Nudge {title}"},
+                ],
+            }
+        ],
+    }
+    client = time_env.client
+    pipeline = create_pipeline(db, spec)
+    deal = new_id("tis")
+    async with run_worker(client, db):
+        await send(client, task_queue, deal, [created(deal, pipeline)])
+        await eventually(lambda: deal_row(db, deal), "the deal")
+        await time_env.sleep(2 * DAY)
+        assert "nudged" not in deal_row(db, deal).fields
+        await time_env.sleep(2 * DAY)
+        await eventually(lambda: deal_row(db, deal).fields.get("nudged"), "the nudge")
+        await time_env.sleep(5 * DAY)
+    [ran] = history(db, deal, "automation_ran")
+    assert ran.data == {"automation": "nudge", "on": "time_in_stage"}
+    entered = deal_row(db, deal).stage_entered_at
+    assert entered + 3 * DAY <= ran.at < entered + 3 * DAY + timedelta(minutes=1)
