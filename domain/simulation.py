@@ -21,6 +21,12 @@ Every step but ``wait`` may say when it happens: ``"at"`` (an instant, not befor
 step) or ``"after"`` (a duration after the previous step); without either it happens at once.
 A move without an ``actor`` is made by ``{"subject": "simulation", "role": null}``: an
 integration's key, to which the pipeline's skip/backward rules apply (admins may always skip).
+
+The result: ``steps`` (one per script step: ``at``, ``do``, ``outcome`` - ``moved``,
+``pending_approval``, ``refused`` or ``ok`` - ``problems``, ``approval_id``, and the deal's stage
+and SLA right after it), ``timeline`` (the engine's history entries in order, each with ``step``:
+the step during or before which it happened, ``null`` for the creation; planned effects as
+``action_planned``) and ``final`` (the deal's state after the last step).
 """
 
 from __future__ import annotations
@@ -195,7 +201,7 @@ class _Run:
         self.advances = 0
         self.truncated = False
 
-    def drain(self, step: int | None) -> None:
+    def drain(self, step: int | None, now: datetime) -> None:
         """Move what the engine produced into the timeline (history, then planned effects)."""
         engine = self.engine
         for entry in engine.history:
@@ -208,7 +214,7 @@ class _Run:
                     "step": step,
                 }
             )
-        at = engine.history[-1].at.isoformat() if engine.history else None
+        at = (engine.history[-1].at if engine.history else now).isoformat()
         for effect in engine.effects:
             self.timeline.append(
                 {
@@ -240,7 +246,7 @@ class _Run:
                 return
             self.advances += 1
             engine.advance(deadline)
-            self.drain(step)
+            self.drain(step, deadline)
             if engine.next_deadline() == deadline:
                 # Nothing the engine can do at this instant any more (it would loop forever).
                 self.truncated = True
@@ -318,7 +324,7 @@ def simulate(
     if created:
         raise SimulationError(created)
     run = _Run(engine)
-    run.drain(None)
+    run.drain(None, now)
     steps: list[dict[str, Any]] = []
     for index, step in enumerate(script.steps):
         if isinstance(step, WaitStep):
@@ -368,7 +374,7 @@ def simulate(
             engine.activity(now, step.kind)
         elif isinstance(step, ApproveStep | RejectStep):
             _decide(engine, step, now, result)
-        run.drain(index)
+        run.drain(index, now)
         result["stage"] = engine.deal.stage
         result["status_after"] = engine.deal.status
         result["sla"] = _sla(engine)
