@@ -9,6 +9,7 @@ from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from domain.activation import effective_activation
 from domain.engine import Engine, EngineState
 from domain.pipeline import PipelineSnapshot, PipelineSpec
 from store.db import Database
@@ -36,11 +37,14 @@ def load_snapshot(db: Database, pipeline_id: str, version: int | None = None) ->
                 type="not_found",
                 non_retryable=True,
             )
+        _, test_mode = effective_activation(
+            pipeline.status, pipeline.test_mode, pipeline.go_live_at, datetime.now(UTC)
+        )
         return PipelineSnapshot(
             pipeline_id=pipeline_id,
             version=wanted,
             spec=PipelineSpec.model_validate(row.spec),
-            test_mode=pipeline.test_mode,
+            test_mode=test_mode,
             go_live_at=pipeline.go_live_at,
         )
 
