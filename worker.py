@@ -14,12 +14,14 @@ from temporalio.worker import Worker
 
 from activities.deals import DealActivities
 from activities.effects import EffectActivities
+from activities.pipelines import PipelineActivities
 from dealflow.logs import setup_logging
 from dealflow.settings import Settings, load_settings
 from dealflow.temporal import connect, ensure_search_attributes
 from store.db import Database
 from store.migrate import upgrade
 from workflows.deal import DealWorkflow
+from workflows.golive import PipelineGoLiveWorkflow
 
 log = logging.getLogger("dealflow.worker")
 
@@ -27,11 +29,18 @@ log = logging.getLogger("dealflow.worker")
 def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
     deals = DealActivities(db)
     effects = EffectActivities(db, settings)
+    pipelines = PipelineActivities(db)
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[DealWorkflow],
-        activities=[deals.load_pipeline, deals.load_deal, deals.record_deal, effects.run_effect],
+        workflows=[DealWorkflow, PipelineGoLiveWorkflow],
+        activities=[
+            deals.load_pipeline,
+            deals.load_deal,
+            deals.record_deal,
+            effects.run_effect,
+            pipelines.go_live,
+        ],
         activity_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="activity"),
         max_concurrent_activities=32,
         graceful_shutdown_timeout=timedelta(seconds=10),

@@ -8,15 +8,18 @@ history), never from Temporal.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
+import anyio.from_thread
 import pydantic
 from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
+from temporalio.common import WorkflowIDConflictPolicy
 
 from api.auth import Admin, Ctx, Viewer
 from api.problems import ProblemError
@@ -30,8 +33,10 @@ from domain.simulation import Script, SimulationError, simulate
 from domain.templates import TEMPLATES, apply_template, template_summary
 from domain.validation import parse_and_validate, problems_from_validation_error, validate_pipeline
 from store.models import AuditEntry, Deal, DealHistory, Pipeline, PipelineVersion
+from workflows.golive import GoLiveInput, go_live_workflow_id
 
 router = APIRouter(tags=["pipelines"])
+log = logging.getLogger("dealflow.pipelines")
 BASE = "/v1/pipelines"
 
 
@@ -458,7 +463,28 @@ def activate(
             },
         )
         session.commit()
-        return pipeline_out(row, _version(session, pipeline_id, row.current_version), now)
+        out = pipeline_out(row, _version(session, pipeline_id, row.current_version), now)
+    if go_live_at is not None and go_live_at > now:
+        anyio.from_thread.run(_schedule_go_live, ctx, pipeline_id, out["version"], go_live_at)
+    return out
+
+
+async def _schedule_go_live(ctx: Any, pipeline_id: str, version: int, at: datetime) -> None:
+    """Start (or replace) the timer workflow that carries the go-live out."""
+    if ctx.temporal is None:
+        log.warning("Temporal not connected: go-live of %s is derived on read only", pipeline_id)
+        return
+    try:
+        await ctx.temporal.start_workflow(
+            "PipelineGoLiveWorkflow",
+            GoLiveInput(pipeline_id=pipeline_id, version=version, go_live_at=at),
+            id=go_live_workflow_id(pipeline_id),
+            task_queue=ctx.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.TERMINATE_EXISTING,
+            static_summary=f"Go-live of pipeline {pipeline_id} at {at.isoformat()}",
+        )
+    except Exception as exc:  # the read-side derivation still makes it live on time
+        log.warning("could not schedule the go-live of %s: %s", pipeline_id, exc)
 
 
 # --------------------------------------------------------------------------- simulation
