@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from temporalio.client import Client
@@ -30,16 +33,32 @@ log = logging.getLogger("dealflow.relay")
 CONCURRENCY = 32
 
 
-def pending_events(db: Database, limit: int) -> list[Event]:
-    with db.session() as session:
-        return list(
-            session.exec(  # type: ignore[call-overload]
-                select(Event)
-                .where(Event.status == "accepted")
-                .order_by(Event.received_at, Event.id)
-                .limit(limit)
-            ).scalars()
-        )
+class NotConnected(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Pending:
+    id: str
+    source_id: str
+    type: str
+    deal_id: str | None
+    payload: dict[str, Any]
+    received_at: datetime
+
+
+def pending_events(db: Database, limit: int) -> list[Pending]:
+    """The oldest events not yet handed over (only the columns the handoff needs)."""
+    table = Event.__table__  # type: ignore[attr-defined]
+    c = table.c
+    query = (
+        select(c.id, c.source_id, c.type, c.deal_id, c.payload, c.received_at)
+        .where(c.status == "accepted")
+        .order_by(c.received_at, c.id)
+        .limit(limit)
+    )
+    with db.engine.connect() as conn:
+        return [Pending(*row) for row in conn.execute(query)]
 
 
 def count_pending(db: Database) -> int:
@@ -70,6 +89,8 @@ class Relay:
         self._stop = False
         self._task: asyncio.Task[None] | None = None
         self._sem = asyncio.Semaphore(CONCURRENCY)
+        self._counted_at = 0.0
+        self._warned_at = -1e9
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="relay")
@@ -97,6 +118,12 @@ class Relay:
                     continue  # more waiting: go on at once
             except asyncio.CancelledError:
                 raise
+            except NotConnected:
+                now = time.monotonic()
+                if now - self._warned_at > 30.0:
+                    self._warned_at = now
+                    log.warning("Temporal is not connected: accepted events wait in the store")
+                backoff = min(backoff * 2, 10.0)
             except Exception as exc:
                 log.warning("relay pass failed, retrying in %.1fs: %s", backoff, exc)
                 backoff = min(backoff * 2, 10.0)
@@ -106,17 +133,27 @@ class Relay:
                 pass
             self._wake.clear()
 
+    async def _count_pending(self) -> None:
+        """Refresh the pending-handoff gauge, at most once a second (it is a COUNT)."""
+        now = time.monotonic()
+        if now - self._counted_at < 1.0:
+            return
+        self._counted_at = now
+        PENDING_HANDOFF.set(await asyncio.to_thread(count_pending, self.db))
+
     async def run_once(self) -> int:
         """One pass; returns how many events were handed over."""
         client: Client | None = self.client_getter()
+        if client is None:
+            # Nothing can be handed over: do not read the events (a nudge comes with every
+            # 202), only keep the gauge roughly current.
+            await self._count_pending()
+            raise NotConnected("Temporal is not connected")
         events = await asyncio.to_thread(pending_events, self.db, self.batch_size)
         if not events:
             PENDING_HANDOFF.set(0)
             return 0
-        if client is None:
-            PENDING_HANDOFF.set(await asyncio.to_thread(count_pending, self.db))
-            raise RuntimeError("Temporal is not connected")
-        by_deal: dict[str, list[Event]] = defaultdict(list)
+        by_deal: dict[str, list[Pending]] = defaultdict(list)
         for ev in events:
             by_deal[ev.deal_id or ""].append(ev)
         results = await asyncio.gather(
@@ -134,13 +171,14 @@ class Relay:
         await asyncio.to_thread(mark_queued, self.db, done, datetime.now(UTC))
         HANDED_OFF.inc(len(done))
         if failures:
-            PENDING_HANDOFF.set(await asyncio.to_thread(count_pending, self.db))
+            self._counted_at = 0.0
+            await self._count_pending()
             raise RuntimeError(f"{failures} of {len(by_deal)} deals not handed over: {last}")
         if len(events) < self.batch_size:
             PENDING_HANDOFF.set(0)
         return len(done)
 
-    async def _send(self, client: Client, deal_id: str, events: list[Event]) -> None:
+    async def _send(self, client: Client, deal_id: str, events: list[Pending]) -> None:
         batch = EventBatch(
             events=[
                 DealEvent(
