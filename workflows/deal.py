@@ -18,7 +18,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from domain.deal import Actor
-    from domain.engine import DecisionError, Engine
+    from domain.engine import DecisionError, Effect, Engine
     from domain.events import DealEvent
     from domain.pipeline import PipelineSnapshot
     from domain.rules import status_for
@@ -85,6 +85,7 @@ class DealWorkflow:
         self.details = ""
         self.ready = self.engine is not None
         self.wake = False
+        self.in_flight = 0
 
     # ------------------------------------------------------------------ main loop
 
@@ -111,6 +112,7 @@ class DealWorkflow:
                 and self.engine.deal.status != "open"
                 and not self.inbox
                 and workflow.all_handlers_finished()
+                and self.in_flight == 0
             ):
                 return self.engine.deal.status
             if workflow.info().is_continue_as_new_suggested():
@@ -118,7 +120,11 @@ class DealWorkflow:
                 # that no update is cut off and nothing is left unprocessed or unrecorded; what
                 # arrived meanwhile is processed first (the loop comes back here afterwards).
                 await workflow.wait_condition(
-                    lambda: workflow.all_handlers_finished() and not self.lock.locked()
+                    lambda: (
+                        workflow.all_handlers_finished()
+                        and not self.lock.locked()
+                        and self.in_flight == 0
+                    )
                 )
                 if (
                     len(self.inbox) > CARRY_LIMIT
@@ -140,7 +146,7 @@ class DealWorkflow:
         engine = self._engine()
         engine.advance(workflow.now())
         if engine.history or engine.effects:
-            await self._run_effects()
+            self._start_effects()
             await self._flush()
         return engine
 
@@ -188,7 +194,7 @@ class DealWorkflow:
             self.outcomes.append(outcome)
         if len(self.seen) > 2 * SEEN_LIMIT:
             self.seen = dict.fromkeys(list(self.seen)[-SEEN_LIMIT:])
-        await self._run_effects()
+        self._start_effects()
         await self._flush()
 
     # ------------------------------------------------------------------ events
@@ -245,54 +251,58 @@ class DealWorkflow:
 
     # ------------------------------------------------------------------ effects and records
 
-    async def _run_effects(self) -> None:
+    def _start_effects(self) -> None:
+        """Run the engine's side effects as activities in the background.
+
+        An effect can take minutes (retries against a mail server that is down); the deal must
+        not wait for it: events, transitions and decisions go on meanwhile, and each result is
+        recorded (and flushed by the main loop) when it comes.
+        """
         engine = self.engine
-        while engine is not None and engine.effects:
-            effects, engine.effects = engine.effects, []
-            results = await asyncio.gather(
-                *[
-                    workflow.execute_activity(
-                        "run_effect",
-                        EffectInput(
-                            deal_id=self.deal_id,
-                            effect=effect,
-                            test_mode=engine.pipeline.test_mode,
-                        ),
-                        result_type=EffectResult,
-                        start_to_close_timeout=timedelta(seconds=60),
-                        retry_policy=EFFECT_RETRY,
-                    )
-                    for effect in effects
-                ],
-                return_exceptions=True,
+        if engine is None or not engine.effects:
+            return
+        effects, engine.effects = engine.effects, []
+        for effect in effects:
+            self.in_flight += 1
+            asyncio.create_task(self._run_effect(engine, effect))  # noqa: RUF006
+
+    async def _run_effect(self, engine: Engine, effect: Effect) -> None:
+        try:
+            result: EffectResult | Exception = await workflow.execute_activity(
+                "run_effect",
+                EffectInput(
+                    deal_id=self.deal_id, effect=effect, test_mode=engine.pipeline.test_mode
+                ),
+                result_type=EffectResult,
+                start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=EFFECT_RETRY,
             )
-            now = workflow.now()
-            for effect, result in zip(effects, results, strict=True):
-                if isinstance(result, BaseException):
-                    engine.record(
-                        now,
-                        "action_failed",
-                        {
-                            "effect": effect.kind,
-                            "automation": effect.automation,
-                            "error": _cause(result),
-                        },
-                    )
-                    engine.touch()
-                    continue
-                engine.record(
-                    now,
-                    "action_run" if result.executed else "action_recorded",
-                    {
-                        "effect": effect.kind,
-                        "automation": effect.automation,
-                        "detail": result.detail,
-                        "test_mode": not result.executed,
-                    },
-                )
-                engine.touch()
-                if effect.kind == "assign_owner" and result.owner:
-                    engine.set_owner(now, result.owner, reason=f"automation:{effect.automation}")
+        except Exception as exc:  # an ActivityError after the last retry
+            result = exc
+        finally:
+            self.in_flight -= 1
+            self.wake = True
+        now = workflow.now()
+        if isinstance(result, Exception):
+            engine.record(
+                now,
+                "action_failed",
+                {"effect": effect.kind, "automation": effect.automation, "error": _cause(result)},
+            )
+        else:
+            engine.record(
+                now,
+                "action_run" if result.executed else "action_recorded",
+                {
+                    "effect": effect.kind,
+                    "automation": effect.automation,
+                    "detail": result.detail,
+                    "test_mode": not result.executed,
+                },
+            )
+            if effect.kind == "assign_owner" and result.owner:
+                engine.set_owner(now, result.owner, reason=f"automation:{effect.automation}")
+        engine.touch()
 
     async def _flush(self) -> None:
         engine = self.engine
@@ -379,7 +389,7 @@ class DealWorkflow:
             result = engine.request_transition(req.to_stage, req.actor, req.fields, workflow.now())
             if result.outcome == "refused":
                 raise _refusal(result.problems)
-            await self._run_effects()
+            self._start_effects()
             await self._flush()
             self.wake = True
             return TransitionReply(
@@ -404,7 +414,7 @@ class DealWorkflow:
                 )
             except DecisionError as exc:
                 raise ApplicationError(exc.message, type=exc.kind, non_retryable=True) from None
-            await self._run_effects()
+            self._start_effects()
             await self._flush()
             self.wake = True
             return DecisionReply(

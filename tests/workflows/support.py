@@ -122,7 +122,7 @@ class Recorder(BaseHTTPRequestHandler):
         self.server.received.append(  # type: ignore[attr-defined]
             {"path": self.path, "headers": dict(self.headers), "body": body}
         )
-        self.send_response(200)
+        self.send_response(self.server.status)  # type: ignore[attr-defined]
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -133,9 +133,10 @@ class Recorder(BaseHTTPRequestHandler):
 class HttpRecorder:
     """A local HTTP endpoint that records every POST it gets."""
 
-    def __init__(self) -> None:
+    def __init__(self, status: int = 200) -> None:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
         self.server.received = []  # type: ignore[attr-defined]
+        self.server.status = status  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

@@ -10,6 +10,7 @@ from email.message import Message
 import pytest
 from aiosmtpd.controller import Controller
 from sqlmodel import select
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from domain.deal import Actor
@@ -174,3 +175,32 @@ async def test_a_failing_action_is_recorded_and_the_deal_goes_on(
     assert "SMTP" in failed[0].data["error"]
     assert len(crm.received) == 1
     assert deal_row(db, deal).stage == "qualified"
+
+
+async def test_a_retrying_action_does_not_hold_up_the_deal(
+    time_env: WorkflowEnvironment, db: Database, task_queue: str, run_worker
+) -> None:
+    """The CRM answers 503: the call is retried with one idempotency key, and meanwhile the
+    deal takes further moves (effects run in the background, not under the deal's lock)."""
+    client = time_env.client
+    pipeline = create_pipeline(db, spec())
+    with HttpRecorder(status=503) as crm:
+        async with run_worker(client, db, integrations={"crm": crm.url}):
+            deal = await qualify(client, task_queue, db, pipeline)
+            await eventually(lambda: len(crm.received) >= 2, "a retry")
+            handle = client.get_workflow_handle(f"deal-{deal}")
+            reply = await handle.execute_update(
+                "transition",
+                TransitionRequest(to_stage="won", actor=Actor(subject="uma")),
+                result_type=TransitionReply,
+            )
+            assert reply.outcome == "moved"
+            row = await eventually(
+                lambda: deal_row(db, deal).status == "won" and deal_row(db, deal), "won"
+            )
+            assert row.stage == "won"
+            calls = [h for h in history(db, deal) if h.data.get("effect") == "call_integration"]
+            assert calls == []  # still retrying: nothing recorded for it yet
+            description = await handle.describe()
+            assert description.status == WorkflowExecutionStatus.RUNNING  # waits for the effect
+    assert len({c["headers"]["Idempotency-Key"] for c in crm.received}) == 1
