@@ -14,6 +14,7 @@ from temporalio.worker import Worker
 
 from activities.deals import DealActivities
 from activities.effects import EffectActivities
+from activities.events import PROCESSING_WORKFLOWS, processing_activities, watch_dead_letters
 from activities.pipelines import PipelineActivities
 from dealflow.logs import setup_logging
 from dealflow.settings import Settings, load_settings
@@ -22,6 +23,7 @@ from store.db import Database
 from store.migrate import upgrade
 from workflows.deal import DealWorkflow
 from workflows.golive import PipelineGoLiveWorkflow
+from workflows.reconcile import ensure_schedule
 
 log = logging.getLogger("dealflow.worker")
 
@@ -33,11 +35,11 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[DealWorkflow, PipelineGoLiveWorkflow],
+        workflows=[*PROCESSING_WORKFLOWS, DealWorkflow, PipelineGoLiveWorkflow],
         activities=[
+            *processing_activities(client, db, settings, deals),
             deals.load_pipeline,
             deals.load_deal,
-            deals.record_deal,
             effects.run_effect,
             pipelines.go_live,
         ],
@@ -55,6 +57,9 @@ async def run(settings: Settings) -> None:
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.api_host)
     worker = build_worker(client, db, settings)
+    watch_dead_letters(db)
+    if await ensure_schedule(client, settings):
+        log.info("created the reconciliation schedule")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

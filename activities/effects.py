@@ -16,6 +16,7 @@ from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import integrations
 from activities.templates import render
 from dealflow.settings import Settings
 from store.db import Database
@@ -113,10 +114,17 @@ class EffectActivities:
                 f"integration '{name}' is not configured (DEALFLOW_INTEGRATIONS)",
                 non_retryable=True,
             )
-        # The effect's key is stable across retries, replays and continue-as-new (the engine
-        # numbers effects in its carried state), so the receiver can drop repeats.
         body = {"deal": inp.effect.data.get("context", {}), **inp.effect.data.get("payload", {})}
-        response = self._post(url, body, idempotency_key=inp.effect.key)
+        # Through the integration's circuit breaker (shared by all workers). The idempotency key
+        # is the effect's key: stable across retries, replays and continue-as-new.
+        response = integrations.call(
+            integrations.breaker_for(self.db, self.settings),
+            self.settings,
+            name,
+            url,
+            body,
+            key=inp.effect.key,
+        )
         return EffectResult(executed=True, detail=f"{name} answered {response.status_code}")
 
     def _create_task(self, inp: EffectInput) -> EffectResult:

@@ -16,6 +16,7 @@ from api.ingress.limits import LocalLimiter
 from api.ingress.writer import EventWriter
 from api.relay import Relay
 from api.routes import approvals, deals, events, keys, ops, pipelines, sources, webhooks
+from api.routes.dead_letters import router as dead_letters_router
 from api.sources_cache import SourceCache
 from dealflow.crypto import SecretBox
 from dealflow.local import ensure_secret
@@ -87,6 +88,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
             task_queue=settings.task_queue,
             batch_size=settings.relay_batch_size,
             interval_s=settings.relay_interval.total_seconds(),
+            max_attempts=settings.relay_max_attempts,
         )
         ctx.writer = EventWriter(ctx.db)
         ctx.writer.start()
@@ -109,4 +111,5 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
     problems.install(app)
     for module in (ops, webhooks, keys, sources, events, pipelines, deals, approvals):
         app.include_router(module.router)
+    app.include_router(dead_letters_router)
     return app

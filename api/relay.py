@@ -20,7 +20,9 @@ from typing import Any
 from sqlalchemy import func, select
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError, RPCStatusCode
 
+from activities.events import record_handoff_failures
 from api.metrics import HANDED_OFF, PENDING_HANDOFF
 from domain.events import DealEvent
 from store.db import Database
@@ -45,6 +47,7 @@ class Pending:
     deal_id: str | None
     payload: dict[str, Any]
     received_at: datetime
+    replays: int = 0
 
 
 def pending_events(db: Database, limit: int) -> list[Pending]:
@@ -52,7 +55,7 @@ def pending_events(db: Database, limit: int) -> list[Pending]:
     table = Event.__table__  # type: ignore[attr-defined]
     c = table.c
     query = (
-        select(c.id, c.source_id, c.type, c.deal_id, c.payload, c.received_at)
+        select(c.id, c.source_id, c.type, c.deal_id, c.payload, c.received_at, c.replays)
         .where(c.status == "accepted")
         .order_by(c.received_at, c.id)
         .limit(limit)
@@ -79,7 +82,9 @@ class Relay:
         task_queue: str,
         batch_size: int = 500,
         interval_s: float = 0.2,
+        max_attempts: int = 5,
     ) -> None:
+        self.max_attempts = max_attempts
         self.db = db
         self.client_getter = client_getter
         self.task_queue = task_queue
@@ -162,10 +167,16 @@ class Relay:
         )
         done: list[str] = []
         failures = 0
-        for (_, evs), result in zip(by_deal.items(), results, strict=True):
+        for (deal_id, evs), result in zip(by_deal.items(), results, strict=True):
             if isinstance(result, BaseException):
-                failures += 1
-                last = result
+                if _transient(result):
+                    failures += 1
+                    last = result
+                    continue
+                stuck = await self._poison(client, deal_id, evs, result, done)
+                if stuck:
+                    failures += 1
+                    last = result
             else:
                 done.extend(e.id for e in evs)
         await asyncio.to_thread(mark_queued, self.db, done, datetime.now(UTC))
@@ -178,6 +189,41 @@ class Relay:
             PENDING_HANDOFF.set(0)
         return len(done)
 
+    async def _poison(
+        self,
+        client: Client,
+        deal_id: str,
+        events: list[Pending],
+        error: BaseException,
+        done: list[str],
+    ) -> int:
+        """A handoff refused for this deal's batch (not a connection problem): hand the events
+        over one by one, in order, to isolate the poison one; each refusal counts an attempt on
+        its event, and after ``max_attempts`` it is dead-lettered instead of blocking the deal.
+        Returns how many stay ``accepted``."""
+        refused: list[tuple[Pending, BaseException]] = []
+        if len(events) == 1:
+            refused.append((events[0], error))
+        else:
+            for ev in events:
+                try:
+                    await self._send(client, deal_id, [ev])
+                    done.append(ev.id)
+                except Exception as exc:
+                    if _transient(exc):
+                        return len(events)
+                    refused.append((ev, exc))
+        dead = 0
+        for ev, exc in refused:
+            message = f"handoff refused: {type(exc).__name__}: {exc}"
+            dead += len(
+                await asyncio.to_thread(
+                    record_handoff_failures, self.db, [ev.id], message, self.max_attempts
+                )
+            )
+            log.warning("event %s not handed over: %s", ev.id, message)
+        return len(refused) - dead
+
     async def _send(self, client: Client, deal_id: str, events: list[Pending]) -> None:
         batch = EventBatch(
             events=[
@@ -187,6 +233,7 @@ class Relay:
                     data=e.payload,
                     source_id=e.source_id,
                     received_at=e.received_at,
+                    replay=e.replays,
                 )
                 for e in events
             ]
@@ -202,3 +249,19 @@ class Relay:
                 search_attributes=TypedSearchAttributes([SearchAttributePair(DEAL_ID, deal_id)]),
                 static_summary=f"Deal {deal_id}",
             )
+
+
+TRANSIENT = {
+    RPCStatusCode.UNAVAILABLE,
+    RPCStatusCode.DEADLINE_EXCEEDED,
+    RPCStatusCode.CANCELLED,
+    RPCStatusCode.RESOURCE_EXHAUSTED,
+    RPCStatusCode.UNKNOWN,
+}
+
+
+def _transient(exc: BaseException) -> bool:
+    """Temporal unreachable or overloaded (retry, count nothing) vs. a refusal of the batch."""
+    if isinstance(exc, RPCError):
+        return exc.status in TRANSIENT
+    return isinstance(exc, ConnectionError | TimeoutError | asyncio.TimeoutError)

@@ -55,6 +55,18 @@ class Settings(BaseSettings):
     outbound_timeout: Duration = "PT10S"  # type: ignore[assignment]
     log_level: str = "INFO"
     log_format: str = Field("json", pattern="^(json|text)$")
+    # Event processing: alerts, circuit breakers, poison events, reconciliation.
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: str | None = None  # whsec_…: alerts are signed the Standard Webhooks way
+    alert_failure_rate: float = Field(0.25, gt=0, le=1)
+    alert_failure_window: Duration = "PT5M"  # type: ignore[assignment]
+    alert_failure_min_events: int = Field(20, ge=1)
+    breaker_failure_threshold: int = Field(5, ge=1)
+    breaker_window: Duration = "PT1M"  # type: ignore[assignment]
+    breaker_cooldown: Duration = "PT30S"  # type: ignore[assignment]
+    relay_max_attempts: int = Field(5, ge=1)
+    reconcile_stuck_after: Duration = "PT10M"  # type: ignore[assignment]
+    reconcile_every: Duration = "PT5M"  # type: ignore[assignment]
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

@@ -64,6 +64,8 @@ class DealEvent(BaseModel):
     data: dict[str, Any]
     source_id: str | None = None
     received_at: datetime
+    replay: int = 0
+    """How often it was replayed from the dead letters (part of the deal workflow's dedup key)."""
 
 
 class EnvelopeError(ValueError):

@@ -64,6 +64,8 @@ class Event(SQLModel, table=True):
     headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     body_sha256: str = Field(max_length=64)
     queued_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    replays: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """Replays from the dead letters so far (part of the deal workflow's dedup key)."""
 
 
 class Pipeline(SQLModel, table=True):
@@ -163,3 +165,31 @@ class AuditEntry(SQLModel, table=True):
     action: str = Field(max_length=60, index=True)
     target: str = Field(max_length=200, index=True)
     data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class EventAttempt(SQLModel, table=True):
+    """What happened to an event, attempt by attempt: handoff failures, processing errors,
+    dead-lettering, replays, discards and reconciliation re-queues."""
+
+    __tablename__ = "event_attempts"
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=40, index=True)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    kind: str = Field(max_length=30)
+    error: str | None = None
+    actor: str | None = Field(default=None, max_length=200)
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class CircuitBreaker(SQLModel, table=True):
+    """One outbound integration endpoint's breaker, shared by every worker."""
+
+    __tablename__ = "circuit_breakers"
+    integration: str = Field(primary_key=True, max_length=200)
+    state: str = Field(default="closed", max_length=10)
+    failures: int = 0
+    window_started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    opened_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    probe_started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = None
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

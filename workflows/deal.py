@@ -17,6 +17,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.events import DeadLetterInput, DeadLetterItem
+    from activities.integrations import effect_retry, effect_timeout
     from domain.deal import Actor
     from domain.engine import DecisionError, Effect, Engine
     from domain.events import DealEvent
@@ -80,6 +82,7 @@ class DealWorkflow:
         )
         self.lock = asyncio.Lock()
         self.outcomes: list[EventOutcome] = []
+        self.dead: list[DeadLetterItem] = []
         self.recorded_revision = self.engine.state.revision if self.engine else -1
         self.search: dict[str, object] = {}
         self.details = ""
@@ -130,6 +133,7 @@ class DealWorkflow:
                     len(self.inbox) > CARRY_LIMIT
                     or self.wake
                     or self.outcomes
+                    or self.dead
                     or self._unrecorded()
                 ):
                     continue
@@ -187,11 +191,16 @@ class DealWorkflow:
             self.engine.advance(now)
         batch, self.inbox = self.inbox[:CHUNK], self.inbox[CHUNK:]
         for event in batch:
-            if event.event_id in self.seen:
+            key = _dedup_key(event)
+            if key in self.seen:
                 continue
-            self.seen[event.event_id] = None
-            outcome = await self._apply(event)
-            self.outcomes.append(outcome)
+            self.seen[key] = None
+            try:
+                outcome = await self._apply(event)
+            except Exception as exc:  # a payload the code cannot handle: a poison event
+                outcome = self._dead(event, f"processing error: {type(exc).__name__}: {exc}")
+            if outcome is not None:
+                self.outcomes.append(outcome)
         if len(self.seen) > 2 * SEEN_LIMIT:
             self.seen = dict.fromkeys(list(self.seen)[-SEEN_LIMIT:])
         self._start_effects()
@@ -199,7 +208,7 @@ class DealWorkflow:
 
     # ------------------------------------------------------------------ events
 
-    async def _apply(self, event: DealEvent) -> EventOutcome:
+    async def _apply(self, event: DealEvent) -> EventOutcome | None:
         now = workflow.now()
         data = event.data
         ok = EventOutcome(event_id=event.event_id, status="processed")
@@ -215,7 +224,7 @@ class DealWorkflow:
                     retry_policy=DB_RETRY,
                 )
             except ActivityError as exc:
-                return self._failed(event, _cause(exc))
+                return self._dead(event, _cause(exc))
             engine, problems = Engine.create(
                 snapshot,
                 deal_id=self.deal_id,
@@ -228,11 +237,11 @@ class DealWorkflow:
                 now=now,
             )
             if problems:
-                return self._failed(event, "; ".join(p.msg for p in problems))
+                return self._dead(event, "; ".join(p.msg for p in problems))
             self.engine = engine
             return ok
         if self.engine is None:
-            return self._failed(event, f"deal {self.deal_id} does not exist (no deal.created yet)")
+            return self._dead(event, f"deal {self.deal_id} does not exist (no deal.created yet)")
         engine = self.engine
         if event.type == "deal.updated":
             engine.update(now, data)
@@ -248,6 +257,21 @@ class DealWorkflow:
     def _failed(self, event: DealEvent, error: str) -> EventOutcome:
         workflow.logger.warning("event %s not applied: %s", event.event_id, error)
         return EventOutcome(event_id=event.event_id, status="failed", error=error)
+
+    def _dead(self, event: DealEvent, error: str) -> EventOutcome | None:
+        """A processing error (not a business refusal): the event is dead-lettered, with its
+        error, for an operator to replay or discard."""
+        if not workflow.patched("dead-letters"):
+            return self._failed(event, error)
+        workflow.logger.warning("event %s dead-lettered: %s", event.event_id, error)
+        self.dead.append(
+            DeadLetterItem(
+                event_id=event.event_id,
+                error=error,
+                data={"replay": event.replay, "type": event.type},
+            )
+        )
+        return None
 
     # ------------------------------------------------------------------ effects and records
 
@@ -274,8 +298,8 @@ class DealWorkflow:
                     deal_id=self.deal_id, effect=effect, test_mode=engine.pipeline.test_mode
                 ),
                 result_type=EffectResult,
-                start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=EFFECT_RETRY,
+                start_to_close_timeout=effect_timeout(effect.kind),
+                retry_policy=effect_retry(effect.kind),
             )
         except Exception as exc:  # an ActivityError after the last retry
             result = exc
@@ -305,6 +329,14 @@ class DealWorkflow:
         engine.touch()
 
     async def _flush(self) -> None:
+        if self.dead:
+            dead, self.dead = self.dead, []
+            await workflow.execute_activity(
+                "dead_letter_events",
+                DeadLetterInput(items=dead),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
+            )
         engine = self.engine
         if engine is None:
             if self.outcomes:
@@ -376,11 +408,12 @@ class DealWorkflow:
 
     @workflow.signal
     def events(self, batch: EventBatch) -> None:
-        queued = {e.event_id for e in self.inbox}
+        queued = {_dedup_key(e) for e in self.inbox}
         for event in batch.events:
-            if event.event_id not in self.seen and event.event_id not in queued:
+            key = _dedup_key(event)
+            if key not in self.seen and key not in queued:
                 self.inbox.append(event)
-                queued.add(event.event_id)
+                queued.add(key)
 
     @workflow.update
     async def transition(self, req: TransitionRequest) -> TransitionReply:
@@ -468,6 +501,12 @@ def _refusal(problems: list) -> ApplicationError:
         type="transition_refused",
         non_retryable=True,
     )
+
+
+def _dedup_key(event: DealEvent) -> str:
+    """An event's id, with ``#n`` for its n-th replay from the dead letters (so a replay is
+    applied once more, exactly once); a plain id is replay 0, as carried by older runs."""
+    return f"{event.event_id}#{event.replay}" if event.replay else event.event_id
 
 
 def _cause(exc: BaseException) -> str:

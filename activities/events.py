@@ -1,0 +1,494 @@
+"""The event store's processing side: dead letters, replays, discards, poison handoffs and
+reconciliation, as plain functions (used by the API) and as activities (used by workflows).
+
+Statuses: ``accepted`` (stored, waiting for the relay) → ``queued`` (handed to the deal workflow)
+→ ``processed`` | ``failed`` (a business refusal: final) | ``dead_lettered`` (a processing error:
+replayable). An operator's replay puts a dead letter back to ``accepted`` with ``replays + 1``
+(the deal workflow dedups on ``event_id#replays``, so it applies it once more, exactly once);
+a discard makes it ``discarded`` (final). Every step is a row in ``event_attempts``; every
+operator action an ``audit_log`` entry with who and when.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select, update
+from temporalio import activity
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from activities.alerts import DEAD_LETTERS, EVENT_PROCESSING, EVENTS_TOTAL, Alerter
+from store.db import Database
+from store.models import AuditEntry, Deal, Event, EventAttempt
+from workflows.messages import RecordInput
+
+log = logging.getLogger("dealflow.events")
+
+FINAL = ("processed", "failed", "discarded")
+STUCK = ("queued", "processing")
+
+# --------------------------------------------------------------------------- messages
+
+
+class DeadLetterItem(BaseModel):
+    event_id: str
+    error: str
+    stage: str = "processing"  # handoff | processing
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeadLetterInput(BaseModel):
+    items: list[DeadLetterItem]
+
+
+class ReplayFilter(BaseModel):
+    source_id: str | None = None
+    type: str | None = None
+    deal_id: str | None = None
+    error_contains: str | None = None
+    limit: int | None = Field(None, ge=1, le=100_000)
+
+
+class ReplayBatchInput(BaseModel):
+    filter: ReplayFilter
+    after: str = ""
+    batch: int
+    actor: str | None = None
+    replay_id: str
+
+
+class ReplayBatchResult(BaseModel):
+    replayed: list[str]
+    skipped: int = 0
+    last_id: str = ""
+    exhausted: bool = False
+
+
+class ReconcileInput(BaseModel):
+    stuck_after_seconds: float
+    deals_limit: int = 1000
+
+
+class ReconcileReport(BaseModel):
+    requeued: int = 0
+    requeued_ids: list[str] = Field(default_factory=list)
+    stuck_accepted: int = 0
+    deals_checked: int = 0
+    deals_behind: int = 0
+    deals_repaired: list[str] = Field(default_factory=list)
+    dead_letters: int = 0
+
+
+# --------------------------------------------------------------------------- store functions
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def dead_letter(db: Database, items: list[DeadLetterItem]) -> list[str]:
+    """Dead-letter events not yet final; returns the ones that became dead letters now."""
+    now = _now()
+    newly: list[str] = []
+    with db.session() as session:
+        for item in items:
+            result = session.execute(
+                update(Event)
+                .where(
+                    Event.id == item.event_id,  # type: ignore[arg-type]
+                    Event.status.notin_([*FINAL, "dead_lettered"]),  # type: ignore[attr-defined]
+                )
+                .values(
+                    status="dead_lettered",
+                    last_error=item.error[:4000],
+                    processed_at=now,
+                    attempts=Event.attempts + 1,
+                )
+            )
+            if result.rowcount:  # type: ignore[attr-defined]
+                newly.append(item.event_id)
+                session.add(
+                    EventAttempt(
+                        event_id=item.event_id,
+                        at=now,
+                        kind=item.stage,
+                        error=item.error[:4000],
+                        data=item.data,
+                    )
+                )
+        session.commit()
+    return newly
+
+
+def record_handoff_failures(
+    db: Database, event_ids: list[str], error: str, max_attempts: int
+) -> list[str]:
+    """Count a failed handoff on each event still ``accepted``; those that failed
+    ``max_attempts`` times are dead-lettered (a poison event must not block its deal forever).
+    Returns the ids dead-lettered now."""
+    if not event_ids:
+        return []
+    now = _now()
+    error = error[:4000]
+    with db.session() as session:
+        session.execute(
+            update(Event)
+            .where(Event.id.in_(event_ids), Event.status == "accepted")  # type: ignore[attr-defined]
+            .values(attempts=Event.attempts + 1, last_error=error)
+        )
+        rows = session.execute(
+            select(Event.id, Event.attempts).where(  # type: ignore[call-overload]
+                Event.id.in_(event_ids),  # type: ignore[attr-defined]
+                Event.status == "accepted",
+            )
+        ).all()
+        poison = [event_id for event_id, attempts in rows if attempts >= max_attempts]
+        for event_id, attempts in rows:
+            session.add(
+                EventAttempt(
+                    event_id=event_id,
+                    at=now,
+                    kind="handoff",
+                    error=error,
+                    data={"attempt": attempts},
+                )
+            )
+        if poison:
+            session.execute(
+                update(Event)
+                .where(Event.id.in_(poison), Event.status == "accepted")  # type: ignore[attr-defined]
+                .values(status="dead_lettered", processed_at=now)
+            )
+            for event_id in poison:
+                session.add(
+                    EventAttempt(
+                        event_id=event_id,
+                        at=now,
+                        kind="dead_lettered",
+                        error=f"handoff failed {max_attempts} times: {error}",
+                    )
+                )
+        session.commit()
+    return poison
+
+
+class NotDeadLettered(Exception):
+    def __init__(self, event_id: str, status: str | None) -> None:
+        super().__init__(event_id)
+        self.event_id = event_id
+        self.status = status
+
+
+def replay(
+    db: Database, event_id: str, actor: str | None, *, replay_id: str | None = None
+) -> Event:
+    """Put one dead letter back to ``accepted`` (the relay hands it over again)."""
+    now = _now()
+    with db.session() as session:
+        result = session.execute(
+            update(Event)
+            .where(Event.id == event_id, Event.status == "dead_lettered")  # type: ignore[arg-type]
+            .values(status="accepted", replays=Event.replays + 1, queued_at=None)
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            row = session.get(Event, event_id)
+            raise NotDeadLettered(event_id, row.status if row else None)
+        data: dict[str, Any] = {"replay_id": replay_id} if replay_id else {}
+        session.add(
+            EventAttempt(event_id=event_id, at=now, kind="replayed", actor=actor, data=data)
+        )
+        session.add(
+            AuditEntry(at=now, actor=actor, action="dead_letter.replay", target=event_id, data=data)
+        )
+        session.commit()
+        row = session.get(Event, event_id)
+        assert row is not None
+        return row
+
+
+def discard(db: Database, event_id: str, actor: str | None, reason: str) -> Event:
+    now = _now()
+    with db.session() as session:
+        result = session.execute(
+            update(Event)
+            .where(Event.id == event_id, Event.status == "dead_lettered")  # type: ignore[arg-type]
+            .values(status="discarded")
+        )
+        if not result.rowcount:  # type: ignore[attr-defined]
+            row = session.get(Event, event_id)
+            raise NotDeadLettered(event_id, row.status if row else None)
+        session.add(
+            EventAttempt(
+                event_id=event_id, at=now, kind="discarded", actor=actor, data={"reason": reason}
+            )
+        )
+        session.add(
+            AuditEntry(
+                at=now,
+                actor=actor,
+                action="dead_letter.discard",
+                target=event_id,
+                data={"reason": reason},
+            )
+        )
+        session.commit()
+        row = session.get(Event, event_id)
+        assert row is not None
+        return row
+
+
+def filtered(query: Any, f: ReplayFilter) -> Any:
+    query = query.where(Event.status == "dead_lettered")
+    if f.source_id:
+        query = query.where(Event.source_id == f.source_id)
+    if f.type:
+        query = query.where(Event.type == f.type)
+    if f.deal_id:
+        query = query.where(Event.deal_id == f.deal_id)
+    if f.error_contains:
+        query = query.where(Event.last_error.contains(f.error_contains))  # type: ignore[union-attr]
+    return query
+
+
+def replay_batch(db: Database, inp: ReplayBatchInput) -> ReplayBatchResult:
+    query = filtered(select(Event.id), inp.filter)  # type: ignore[call-overload]
+    if inp.after:
+        query = query.where(Event.id > inp.after)
+    query = query.order_by(Event.id).limit(inp.batch)
+    with db.session() as session:
+        ids = [r[0] for r in session.execute(query).all()]
+    replayed: list[str] = []
+    skipped = 0
+    for event_id in ids:
+        try:
+            replay(db, event_id, inp.actor, replay_id=inp.replay_id)
+            replayed.append(event_id)
+        except NotDeadLettered:
+            skipped += 1  # discarded or replayed meanwhile
+    return ReplayBatchResult(
+        replayed=replayed,
+        skipped=skipped,
+        last_id=ids[-1] if ids else inp.after,
+        exhausted=len(ids) < inp.batch,
+    )
+
+
+def count_dead_letters(db: Database) -> int:
+    with db.session() as session:
+        return int(
+            session.execute(
+                select(func.count()).select_from(Event).where(Event.status == "dead_lettered")
+            ).scalar_one()
+        )
+
+
+def requeue_stuck(db: Database, older_than: datetime) -> tuple[list[str], int]:
+    """Events handed over but without an outcome since ``older_than`` go back to ``accepted``
+    (the relay re-sends them; the deal workflow drops what it has seen). Returns the ids and
+    how many events wait as ``accepted`` longer than that (the relay is not running)."""
+    now = _now()
+    with db.session() as session:
+        ids = [
+            r[0]
+            for r in session.execute(
+                select(Event.id).where(  # type: ignore[call-overload]
+                    Event.status.in_(STUCK),  # type: ignore[attr-defined]
+                    func.coalesce(Event.queued_at, Event.received_at) < older_than,
+                )
+            ).all()
+        ]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            session.execute(
+                update(Event)
+                .where(Event.id.in_(chunk), Event.status.in_(STUCK))  # type: ignore[attr-defined]
+                .values(status="accepted")
+            )
+            session.add_all(
+                [
+                    EventAttempt(event_id=i, at=now, kind="requeued", actor="reconcile")
+                    for i in chunk
+                ]
+            )
+        waiting = int(
+            session.execute(
+                select(func.count())
+                .select_from(Event)
+                .where(Event.status == "accepted", Event.received_at < older_than)
+            ).scalar_one()
+        )
+        session.commit()
+    return ids, waiting
+
+
+def attempts_of(db: Database, event_id: str) -> list[EventAttempt]:
+    with db.session() as session:
+        return list(
+            session.execute(
+                select(EventAttempt)
+                .where(EventAttempt.event_id == event_id)
+                .order_by(EventAttempt.id)  # type: ignore[arg-type]
+            ).scalars()
+        )
+
+
+# --------------------------------------------------------------------------- activities
+
+
+class EventActivities:
+    def __init__(self, db: Database, alerter: Alerter, client: Client | None = None) -> None:
+        self.db = db
+        self.alerter = alerter
+        self.client = client
+
+    @activity.defn(name="dead_letter_events")
+    def dead_letter_events(self, inp: DeadLetterInput) -> int:
+        info = activity.info()
+        for item in inp.items:
+            item.data.setdefault("workflow_id", info.workflow_id)
+            item.data.setdefault("run_id", info.workflow_run_id)
+        newly = dead_letter(self.db, inp.items)
+        EVENTS_TOTAL.labels("dead_lettered").inc(len(newly))
+        self.alerter.observe(["dead_lettered"] * len(newly))
+        by_id = {i.event_id: i for i in inp.items}
+        for event_id in newly:
+            item = by_id[event_id]
+            self.alerter.alert(
+                "event.dead_lettered",
+                f"event {event_id} dead-lettered: {item.error}",
+                {"event_id": event_id, "error": item.error, "workflow_id": info.workflow_id},
+            )
+        return len(newly)
+
+    @activity.defn(name="replay_dead_letters")
+    def replay_dead_letters(self, inp: ReplayBatchInput) -> ReplayBatchResult:
+        return replay_batch(self.db, inp)
+
+    @activity.defn(name="requeue_stuck_events")
+    def requeue_stuck_events(self, inp: ReconcileInput) -> ReconcileReport:
+        cutoff = _now() - timedelta(seconds=inp.stuck_after_seconds)
+        ids, waiting = requeue_stuck(self.db, cutoff)
+        if ids:
+            log.warning("reconcile: %d stuck events re-queued", len(ids))
+        return ReconcileReport(
+            requeued=len(ids),
+            requeued_ids=ids[:100],
+            stuck_accepted=waiting,
+            dead_letters=count_dead_letters(self.db),
+        )
+
+    @activity.defn(name="reconcile_deals")
+    async def reconcile_deals(self, inp: ReconcileInput) -> ReconcileReport:
+        """Compare each open deal's read-model revision with its workflow's state (a query);
+        a read model behind is rewritten from the workflow's state (only if still newer)."""
+        import asyncio
+
+        assert self.client is not None
+        rows = await asyncio.to_thread(self._open_deals, inp.deals_limit)
+        report = ReconcileReport(deals_checked=len(rows))
+        sem = asyncio.Semaphore(16)
+
+        async def check(deal_id: str, revision: int) -> None:
+            async with sem:
+                try:
+                    state = await self.client.get_workflow_handle(f"deal-{deal_id}").query(  # type: ignore[union-attr]
+                        "state"
+                    )
+                except RPCError:
+                    return  # closed or not found: the read model is what it recorded last
+                except Exception as exc:  # a query a busy worker did not answer
+                    log.info("reconcile: deal %s not queried: %s", deal_id, exc)
+                    return
+            if isinstance(state, dict) and int(state.get("revision", -1)) > revision:
+                report.deals_behind += 1
+                await asyncio.to_thread(self._repair, state)
+                report.deals_repaired.append(deal_id)
+
+        await asyncio.gather(*[check(d, r) for d, r in rows])
+        activity.heartbeat()
+        return report
+
+    def _open_deals(self, limit: int) -> list[tuple[str, int]]:
+        with self.db.session() as session:
+            return [
+                (r[0], r[1])
+                for r in session.execute(
+                    select(Deal.deal_id, Deal.revision)  # type: ignore[call-overload]
+                    .where(Deal.status == "open")
+                    .order_by(Deal.updated_at.desc())  # type: ignore[attr-defined]
+                    .limit(limit)
+                ).all()
+            ]
+
+    def _repair(self, state: dict[str, Any]) -> None:
+        from activities.deals import _write_deal
+        from domain.engine import EngineState
+
+        inp = RecordInput(state=EngineState.model_validate(state))
+        with self.db.session() as session:
+            _write_deal(session, inp, _now())
+            session.commit()
+
+
+def observed_record_deal(deals: Any, db: Database, alerter: Alerter) -> Any:
+    """``record_deal`` with the processing metrics: outcomes by kind and received → recorded."""
+    @activity.defn(name="record_deal")
+    def record_deal(inp: RecordInput) -> None:
+        deals.record_deal(inp)
+        if not inp.outcomes:
+            return
+        kinds = [o.status for o in inp.outcomes]
+        for kind in set(kinds):
+            EVENTS_TOTAL.labels(kind).inc(kinds.count(kind))
+        alerter.observe(kinds)
+        ids = [o.event_id for o in inp.outcomes]
+        with db.session() as session:
+            rows = session.execute(
+                select(Event.received_at, Event.processed_at).where(  # type: ignore[call-overload]
+                    Event.id.in_(ids)  # type: ignore[attr-defined]
+                )
+            ).all()
+        for received, processed in rows:
+            if received is not None and processed is not None:
+                EVENT_PROCESSING.observe(max((processed - received).total_seconds(), 0.0))
+
+    return record_deal
+
+
+def watch_dead_letters(db: Database) -> None:
+    """``dealflow_dead_letters`` counts the table at each scrape."""
+
+    def current() -> float:
+        try:
+            return float(count_dead_letters(db))
+        except Exception:
+            return float("nan")
+
+    DEAD_LETTERS.set_function(current)
+
+
+def processing_activities(client: Client, db: Database, settings: Any, deals: Any) -> list[Any]:
+    """The worker's event-processing activities (``record_deal`` included, with its metrics)."""
+    alerter = Alerter(settings)
+    events = EventActivities(db, alerter, client)
+    return [
+        observed_record_deal(deals, db, alerter),
+        events.dead_letter_events,
+        events.replay_dead_letters,
+        events.requeue_stuck_events,
+        events.reconcile_deals,
+    ]
+
+
+def _workflows() -> list[Any]:
+    from workflows.reconcile import ReconcileWorkflow
+    from workflows.replay import DeadLetterReplayWorkflow
+
+    return [DeadLetterReplayWorkflow, ReconcileWorkflow]
+
+
+PROCESSING_WORKFLOWS = _workflows()
