@@ -15,6 +15,7 @@ from temporalio.worker import Worker
 from activities.deals import DealActivities
 from activities.effects import EffectActivities
 from activities.events import PROCESSING_WORKFLOWS, processing_activities, watch_dead_letters
+from activities.migration import MigrationActivities
 from activities.pipelines import PipelineActivities
 from dealflow.logs import setup_logging
 from dealflow.settings import Settings, load_settings
@@ -23,6 +24,7 @@ from store.db import Database
 from store.migrate import upgrade
 from workflows.deal import DealWorkflow
 from workflows.golive import PipelineGoLiveWorkflow
+from workflows.migration import MigrationWorkflow
 from workflows.reconcile import ensure_schedule
 
 log = logging.getLogger("dealflow.worker")
@@ -32,16 +34,20 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
     deals = DealActivities(db)
     effects = EffectActivities(db, settings)
     pipelines = PipelineActivities(db)
+    migrations = MigrationActivities(db, client)
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[*PROCESSING_WORKFLOWS, DealWorkflow, PipelineGoLiveWorkflow],
+        workflows=[*PROCESSING_WORKFLOWS, DealWorkflow, PipelineGoLiveWorkflow, MigrationWorkflow],
         activities=[
             *processing_activities(client, db, settings, deals),
             deals.load_pipeline,
             deals.load_deal,
             effects.run_effect,
             pipelines.go_live,
+            migrations.next_batch,
+            migrations.apply_batch,
+            migrations.record,
         ],
         activity_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="activity"),
         max_concurrent_activities=32,

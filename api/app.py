@@ -15,7 +15,17 @@ from api.ingress.clientip import parse_network
 from api.ingress.limits import LocalLimiter
 from api.ingress.writer import EventWriter
 from api.relay import Relay
-from api.routes import approvals, deals, events, keys, ops, pipelines, sources, webhooks
+from api.routes import (
+    approvals,
+    deals,
+    events,
+    keys,
+    migrations,
+    ops,
+    pipelines,
+    sources,
+    webhooks,
+)
 from api.routes.dead_letters import router as dead_letters_router
 from api.sources_cache import SourceCache
 from dealflow.crypto import SecretBox
@@ -109,7 +119,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
-    for module in (ops, webhooks, keys, sources, events, pipelines, deals, approvals):
+    for module in (ops, webhooks, keys, sources, events, pipelines, migrations, deals, approvals):
         app.include_router(module.router)
     app.include_router(dead_letters_router)
     return app

@@ -60,6 +60,8 @@ class EngineState(Model):
     fired: list[str] = Field(default_factory=list)
     round_robin: dict[str, int] = Field(default_factory=dict)
     effect_seq: int = 0
+    migrations: list[str] = Field(default_factory=list)
+    """Ids of the bulk migrations applied to this deal (each one applies once)."""
 
 
 class TransitionResult(Model):
@@ -761,3 +763,65 @@ class Engine:
             self._resolve_approval(
                 now, pending, approved=action == "approve", reason="approval timed out"
             )
+
+    # ----------------------------------------------------------------- migration
+
+    def migrate(
+        self, snapshot: PipelineSnapshot, to_stage: str, now: datetime, migration_id: str
+    ) -> bool:
+        """Move the deal to ``to_stage`` of another pipeline (or version): a bulk migration.
+
+        An administrative move: no movement rules, approvals or automations apply (a bulk move
+        must not notify every owner). A pending approval is withdrawn. The deal enters the new
+        stage afresh (SLA and rotting clocks restart) unless it keeps the same stage of the same
+        pipeline, where its clocks go on. Applied once per ``migration_id``: a second call
+        changes nothing and returns False.
+        """
+        if migration_id in self.state.migrations:
+            return False
+        if snapshot.spec.stage(to_stage) is None:
+            raise ValueError(f"stage '{to_stage}' is not in pipeline {snapshot.pipeline_id}")
+        self._begin_chain()
+        deal = self.deal
+        before = (deal.pipeline_id, deal.pipeline_version, deal.stage)
+        self._withdraw_approval(now, f"migration {migration_id}")
+        self.pipeline = snapshot
+        self.spec = snapshot.spec
+        deal.pipeline_id = snapshot.pipeline_id
+        deal.pipeline_version = snapshot.version
+        self.state.migrations.append(migration_id)
+        self.record(
+            now,
+            "migrated",
+            {
+                "migration_id": migration_id,
+                "from_pipeline": before[0],
+                "from_version": before[1],
+                "from": before[2],
+                "to_pipeline": snapshot.pipeline_id,
+                "to_version": snapshot.version,
+                "to": to_stage,
+            },
+        )
+        stage = self._stage(to_stage)
+        assert stage is not None
+        if before[0] != snapshot.pipeline_id or before[2] != to_stage:
+            if deal.status != "open" and stage.outcome is None:
+                # A closed deal stays closed: it only changes place (and keeps its outcome).
+                deal.stage = to_stage
+                deal.stage_entered_at = now
+                deal.sla = None
+                self.state.stage_entry += 1
+                self.state.fired = []
+                self.touch()
+            else:
+                self._enter_stage(now, to_stage)
+        else:
+            # Same stage of a new version: the clocks go on; the SLA goes if the stage lost it.
+            if stage.sla is None:
+                deal.sla = None
+            if stage.outcome is not None and deal.status != stage.outcome:
+                deal.status = stage.outcome
+                self.record(now, "deal_closed", {"status": stage.outcome, "stage": to_stage})
+            self.touch()
+        return True

@@ -193,3 +193,33 @@ class CircuitBreaker(SQLModel, table=True):
     probe_started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_error: str | None = None
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Migration(SQLModel, table=True):
+    """A bulk move of existing deals to another pipeline or version (``MigrationWorkflow``)."""
+
+    __tablename__ = "deal_migrations"
+    id: str = Field(primary_key=True, max_length=40)
+    source_pipeline_id: str = Field(max_length=40, index=True)
+    target_pipeline_id: str = Field(max_length=40)
+    target_version: int
+    stage_map: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    filter: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    dry_run: bool = False
+    batch_size: int = 100
+    rate_per_second: float = 50
+    status: str = Field(max_length=20, index=True)
+    total: int = 0
+    migrated: int = 0
+    skipped: int = 0
+    failed: int = 0
+    cursor: str | None = Field(default=None, max_length=200)
+    errors: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    report: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_by: str | None = Field(default=None, max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -35,6 +35,8 @@ with workflow.unsafe.imports_passed_through():
         LoadDealInput,
         LoadedDeal,
         LoadPipelineInput,
+        MigrateReply,
+        MigrateRequest,
         RecordInput,
         SnoozeRequest,
         TransitionReply,
@@ -492,6 +494,49 @@ class DealWorkflow:
         if self.engine is None or not self.ready:
             raise ApplicationError(f"deal {self.deal_id} does not exist", type="not_found")
         return self.engine
+
+    @workflow.update
+    async def migrate(self, req: MigrateRequest) -> MigrateReply:
+        """One deal's part of a bulk migration; applied once per migration id."""
+        async with self.lock:
+            engine = await self._catch_up()
+            deal = engine.deal
+            if req.migration_id in engine.state.migrations:
+                return MigrateReply(
+                    outcome="already_migrated", stage=deal.stage, revision=engine.state.revision
+                )
+            reason = None
+            to_stage = req.stage_map.get(deal.stage)
+            if deal.pipeline_id != req.source_pipeline_id:
+                reason = f"the deal is in pipeline {deal.pipeline_id} now"
+            elif req.only_open and deal.status != "open":
+                reason = f"the deal is {deal.status} now"
+            elif to_stage is None:
+                reason = f"stage '{deal.stage}' is not in the stage map"
+            if reason is not None or to_stage is None:
+                return MigrateReply(
+                    outcome="skipped",
+                    stage=deal.stage,
+                    reason=reason,
+                    revision=engine.state.revision,
+                )
+            engine.migrate(req.pipeline, to_stage, workflow.now(), req.migration_id)
+            self._start_effects()
+            await self._flush()
+            self.wake = True
+            return MigrateReply(
+                outcome="migrated", stage=engine.deal.stage, revision=engine.state.revision
+            )
+
+    @migrate.validator
+    def _validate_migrate(self, req: MigrateRequest) -> None:
+        self._engine()
+        unknown = sorted({s for s in req.stage_map.values() if req.pipeline.spec.stage(s) is None})
+        if unknown:
+            raise ApplicationError(
+                f"stage(s) {', '.join(unknown)} not in pipeline {req.pipeline.pipeline_id}",
+                type="invalid",
+            )
 
 
 def _refusal(problems: list) -> ApplicationError:

@@ -103,3 +103,20 @@ class EffectResult(BaseModel):
 
 def problems_detail(problems: list[Problem]) -> list[dict[str, Any]]:
     return [p.model_dump() for p in problems]
+
+
+class MigrateRequest(BaseModel):
+    """The deal workflow's ``migrate`` update: one deal's part of a bulk migration."""
+
+    migration_id: str
+    source_pipeline_id: str
+    pipeline: PipelineSnapshot
+    stage_map: dict[str, str]
+    only_open: bool = False
+
+
+class MigrateReply(BaseModel):
+    outcome: Literal["migrated", "already_migrated", "skipped"]
+    stage: str
+    reason: str | None = None
+    revision: int
