@@ -50,8 +50,9 @@ class EventWriter:
                 return
 
     async def _flush(self, batch: list[tuple[NewEvent, asyncio.Future[tuple[str, bool]]]]) -> None:
+        events = [ev for ev, _ in batch]
         try:
-            result = await asyncio.to_thread(accept_many, self.db, [ev for ev, _ in batch])
+            result = await asyncio.to_thread(accept_many, self.db, events)
         except (DataError, IntegrityError) as exc:
             if len(batch) == 1:
                 event, future = batch[0]

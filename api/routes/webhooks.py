@@ -41,6 +41,7 @@ KEPT_HEADERS = (
     "x-event-id",
     "stripe-signature",
 )
+KEPT = frozenset(KEPT_HEADERS)
 AUTH_WINDOW_S = 60.0
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SOURCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -219,7 +220,7 @@ async def _handle(
         )
     if foreign_type is not None:
         foreign_type = CONTROL.sub("", foreign_type)[:100] or "unknown"
-    headers = {k: v for k in KEPT_HEADERS if (v := request.headers.get(k)) is not None}
+    headers = _kept_headers(request)
     event = NewEvent(
         id=new_id("evt"),
         source_id=source.id,
@@ -249,6 +250,16 @@ async def _handle(
     if ctx.relay is not None:
         ctx.relay.nudge()
     return 202, {"event_id": event_id, "status": "accepted"}, "accepted", delivery_id
+
+
+def _kept_headers(request: Request) -> dict[str, str]:
+    """The headers worth keeping with the event (one pass; the first of a repeated header)."""
+    kept: dict[str, str] = {}
+    for raw_name, raw_value in request.headers.raw:
+        name = raw_name.decode("latin-1").lower()
+        if name in KEPT and name not in kept:
+            kept[name] = raw_value.decode("latin-1")
+    return kept
 
 
 def _rate_limit(ctx: AppContext, source: ActiveSource) -> None:
