@@ -1,0 +1,106 @@
+"""Helpers: pipelines with an integration call, events as the relay sends them, history reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
+
+from store.db import Database
+from store.models import Event
+from tests.workflows.support import create_pipeline, created, event, new_id
+
+STAGES = [
+    {"key": "lead", "name": "Lead", "probability": 10},
+    {"key": "qualified", "name": "Qualified", "probability": 30},
+    {"key": "proposal", "name": "Proposal", "probability": 60},
+    {"key": "won", "name": "Won", "probability": 100, "outcome": "won"},
+]
+
+
+def integration_pipeline(db: Database, integration: str = "crm") -> str:
+    return create_pipeline(
+        db,
+        {
+            "stages": STAGES,
+            "automations": [
+                {
+                    "name": "sync to crm",
+                    "trigger": {"on": "stage_entered", "stage": "qualified"},
+                    "actions": [{"do": "call_integration", "integration": integration}],
+                }
+            ],
+        },
+    )
+
+
+def plain_pipeline(db: Database) -> str:
+    return create_pipeline(db, {"stages": STAGES})
+
+
+def store_events(db: Database, events: list[Any]) -> None:
+    """Rows in the event store for events sent straight to a workflow (as if the relay had)."""
+    with db.session() as session:
+        for e in events:
+            session.add(
+                Event(
+                    id=e.event_id,
+                    source_id=e.source_id or "src_test",
+                    delivery_id=e.event_id,
+                    type=e.type,
+                    status="queued",
+                    deal_id=e.data.get("deal_id"),
+                    payload=e.data,
+                    raw_body=b"{}",
+                    headers={},
+                    body_sha256="0" * 64,
+                    received_at=e.received_at,
+                )
+            )
+        session.commit()
+
+
+def event_row(db: Database, event_id: str) -> Event | None:
+    with db.session() as session:
+        return session.get(Event, event_id)
+
+
+async def activity_runs(handle: WorkflowHandle, activity_type: str) -> list[dict[str, Any]]:
+    """Each activity of that type in the workflow's history: the retry policy it was scheduled
+    with, when it was scheduled, and the attempt and time of its (last) start."""
+    history = await handle.fetch_history()
+    scheduled: dict[int, dict[str, Any]] = {}
+    for ev in history.events:
+        if ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attrs = ev.activity_task_scheduled_event_attributes
+            if attrs.activity_type.name == activity_type:
+                scheduled[ev.event_id] = {
+                    "scheduled_at": ev.event_time.ToDatetime(),
+                    "retry": attrs.retry_policy,
+                    "started_at": None,
+                    "attempt": None,
+                    "last_failure": None,
+                    "outcome": None,
+                }
+        elif ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            attrs = ev.activity_task_started_event_attributes
+            run = scheduled.get(attrs.scheduled_event_id)
+            if run is not None:
+                run["started_at"] = ev.event_time.ToDatetime()
+                run["attempt"] = attrs.attempt
+                run["last_failure"] = attrs.last_failure if attrs.HasField("last_failure") else None
+        elif ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            run = scheduled.get(ev.activity_task_completed_event_attributes.scheduled_event_id)
+            if run is not None:
+                run["outcome"] = "completed"
+        elif ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+            attrs = ev.activity_task_failed_event_attributes
+            run = scheduled.get(attrs.scheduled_event_id)
+            if run is not None:
+                run["outcome"] = "failed"
+                run["failure"] = attrs.failure
+    return list(scheduled.values())
+
+
+__all__ = ["activity_runs", "created", "event", "event_row", "new_id", "store_events"]
