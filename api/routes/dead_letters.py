@@ -167,11 +167,11 @@ async def replay_many(body: BulkReplayRequest, ctx: Ctx, who: Admin) -> BulkRepl
 async def replay_progress(replay_id: str, ctx: Ctx, _: Viewer) -> ReplayProgress:
     if not replay_id.startswith("replay-"):
         raise ProblemError(404, f"no replay {replay_id}")
-    handle = ctx.client().get_workflow_handle(replay_id)
+    handle = ctx.client().get_workflow_handle(replay_id, result_type=ReplayProgress)
     try:
         desc = await handle.describe()
         if desc.status == WorkflowExecutionStatus.COMPLETED:
-            return await handle.result(result_type=ReplayProgress)
+            return await handle.result()
         if desc.status != WorkflowExecutionStatus.RUNNING:
             raise ProblemError(409, f"replay {replay_id} ended as {desc.status.name.lower()}")
         return await handle.query("progress", result_type=ReplayProgress)

@@ -107,3 +107,6 @@ class FakeIntegration:
 @pytest.fixture
 def fake_integration() -> Iterator[type[FakeIntegration]]:
     yield FakeIntegration
+
+
+from tests.api.conftest import live_api  # noqa: E402, F401  (the real API, pointed at dev_env)
