@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select, update
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from activities.alerts import DEAD_LETTERS, EVENT_PROCESSING, EVENTS_TOTAL, Alerter
@@ -394,10 +394,12 @@ class EventActivities:
 
         async def check(deal_id: str, revision: int) -> None:
             async with sem:
+                handle = self.client.get_workflow_handle(f"deal-{deal_id}")  # type: ignore[union-attr]
                 try:
-                    state = await self.client.get_workflow_handle(f"deal-{deal_id}").query(  # type: ignore[union-attr]
-                        "state"
-                    )
+                    desc = await handle.describe(rpc_timeout=timedelta(seconds=5))
+                    if desc.status != WorkflowExecutionStatus.RUNNING:
+                        return  # closed: the read model is what it recorded last
+                    state = await handle.query("state", rpc_timeout=timedelta(seconds=5))
                 except RPCError:
                     return  # closed or not found: the read model is what it recorded last
                 except Exception as exc:  # a query a busy worker did not answer
@@ -436,6 +438,7 @@ class EventActivities:
 
 def observed_record_deal(deals: Any, db: Database, alerter: Alerter) -> Any:
     """``record_deal`` with the processing metrics: outcomes by kind and received → recorded."""
+
     @activity.defn(name="record_deal")
     def record_deal(inp: RecordInput) -> None:
         deals.record_deal(inp)
