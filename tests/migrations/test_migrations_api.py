@@ -276,3 +276,20 @@ async def test_the_migrate_update_applies_once(harness: Harness) -> None:
         assert "nope" in str(exc.cause)
     else:
         raise AssertionError("the update was accepted")
+
+
+async def test_openapi_documents_the_migration_endpoints(harness: Harness) -> None:
+    import jsonschema
+
+    doc = (await harness.http.get("/openapi.json")).json()
+    paths = doc["paths"]
+    post = paths["/v1/pipelines/{pipeline_id}/migrations"]["post"]
+    assert {"200", "202", "422"} <= set(post["responses"])
+    for action in ("pause", "resume", "cancel"):
+        assert f"/v1/migrations/{{migration_id}}/{action}" in paths
+    assert "get" in paths["/v1/migrations/{migration_id}"]
+    ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    # A root that has the components, so that the #/components/... references resolve.
+    validator = jsonschema.Draft202012Validator({"$ref": ref, "components": doc["components"]})
+    validator.validate({"stage_map": {"a": "b"}, "filter": {"status": "open"}, "dry_run": False})
+    assert list(validator.iter_errors({"stage_map": {}, "batch_size": 5000}))
