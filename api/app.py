@@ -27,6 +27,7 @@ from api.routes import (
     webhooks,
 )
 from api.routes.dead_letters import router as dead_letters_router
+from api.routes.webhooks import is_ingress, serve_ingress
 from api.sources_cache import SourceCache
 from dealflow.crypto import SecretBox
 from dealflow.local import ensure_secret
@@ -85,6 +86,16 @@ async def _connect_forever(ctx: AppContext) -> None:
             delay = min(delay * 2, 10.0)
 
 
+class DealflowAPI(FastAPI):
+    """FastAPI, with the webhook ingress served on a fast path (see ``serve_ingress``)."""
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if is_ingress(scope):
+            await serve_ingress(self, scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -112,7 +123,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
             await ctx.relay.stop()
             ctx.db.dispose()
 
-    app = FastAPI(
+    app = DealflowAPI(
         title="dealflow",
         version="0.1.0",
         description=DESCRIPTION,

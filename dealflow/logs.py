@@ -20,9 +20,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                out[key] = value
+        fields = vars(record)
+        for key in fields.keys() - _STANDARD:
+            if not key.startswith("_"):
+                out[key] = fields[key]
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(out, default=str).decode()
