@@ -233,3 +233,68 @@ def rotate(source_id: str, ctx: Ctx, _: Admin, body: RotateBody | None = None) -
         ctx.sources.forget(source_id)
     assert row.previous_valid_until is not None
     return Rotated(secret=secret, previous_valid_until=row.previous_valid_until)
+
+
+class MappingTest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    payload: Any
+    headers: dict[str, str] = Field(default_factory=dict)
+    event_type: str | None = Field(None, max_length=200)
+    mapping: dict[str, Any] | None = None
+
+
+@router.post("/{source_id}/mapping:test")
+def mapping_test(source_id: str, body: MappingTest, ctx: Ctx, _: Admin) -> dict[str, Any]:
+    """Run a sample payload through the source's mapping (or through ``mapping``, unsaved) and
+    show the native event it becomes — nothing is stored or processed."""
+    from domain.events import EnvelopeError, validate_envelope
+    from domain.mapping import MappingError, compile_mapping
+
+    row = _load(ctx, source_id)
+    mapping = body.mapping if body.mapping is not None else row.mapping
+    headers = {k.lower(): v for k, v in body.headers.items()}
+    foreign_type = body.event_type or headers.get("x-github-event")
+    if mapping is None:
+        if row.scheme == "github":
+            return {
+                "status": "ignored",
+                "foreign_type": foreign_type,
+                "event": None,
+                "detail": "a github source without a mapping ignores every event",
+            }
+        envelope = body.payload
+    else:
+        try:
+            compiled = compile_mapping(mapping)
+            mapped = compiled.apply(
+                {"body": body.payload, "headers": headers, "event_type": foreign_type}
+            )
+        except MappingError as exc:
+            raise ProblemError(422, str(exc), errors=exc.errors) from None
+        if mapped is None:
+            return {
+                "status": "ignored",
+                "foreign_type": compiled.foreign_type(
+                    {"body": body.payload, "headers": headers, "event_type": foreign_type}
+                ),
+                "event": None,
+                "detail": "the mapping does not list this event type",
+            }
+        envelope = {"type": mapped[0], "data": mapped[1]}
+        foreign_type = compiled.foreign_type(
+            {"body": body.payload, "headers": headers, "event_type": foreign_type}
+        )
+    try:
+        native_type, data = validate_envelope(envelope, base_loc=("mapped",))
+    except EnvelopeError as exc:
+        raise ProblemError(
+            422,
+            "the mapped event does not match its schema: "
+            + "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in exc.problems),
+            errors=[{"loc": p.loc, "msg": p.msg} for p in exc.problems],
+        ) from None
+    return {
+        "status": "mapped",
+        "foreign_type": foreign_type,
+        "event": {"type": native_type, "data": data},
+    }
