@@ -613,7 +613,7 @@ def test_alert_expressions_use_the_agreed_metrics() -> None:
     assert exprs["HandoffBacklog"] == "dealflow_events_pending_handoff > 100"
     assert "dealflow_webhook_ack_seconds_bucket" in exprs["WebhookAckLatencyHigh"]
     assert 'outcome=~"unauthorized|forbidden|rate_limited"' in exprs["WebhookRejectionRate"]
-    assert 'dealflow_events_total{outcome="failed"}' in exprs["ProcessingErrorRate"]
+    assert 'dealflow_events_total{outcome="dead_lettered"}' in exprs["ProcessingErrorRate"]
     assert exprs["ProcessingErrorRate"].endswith("> 0.01")
     backlog = next(rule for rule in alert_rules() if rule["alert"] == "HandoffBacklog")
     assert backlog["for"] == "5m"
