@@ -81,6 +81,8 @@ class Processes:
 
     env: dict[str, str]
     workdir: Path
+    code_dir: Path = ROOT
+    """Where the children import dealflow from (``main`` uses a snapshot of HEAD)."""
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
 
@@ -88,7 +90,7 @@ class Processes:
         log = (self.workdir / f"{what}-{len(self.children)}.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "dealflow.cli", what],
-            cwd=ROOT,
+            cwd=self.code_dir,
             env={**self.env, **(extra or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -124,23 +126,14 @@ def _migrated_counts(db: Database, migration_id: str) -> dict[str, int]:
     return counts
 
 
-def _count_migrated(db: Database, migration_id: str) -> int:
+def _count_in(db: Database, pipeline_id: str) -> int:
+    """Deal rows in a pipeline (a cheap, indexed count to poll)."""
     with db.session() as session:
-        found = session.exec(select(DealHistory.data).where(DealHistory.kind == "migrated")).all()
-    return sum(1 for data in found if data.get("migration_id") == migration_id)
-
-
-def _count_rows(db: Database, deal_ids: list[str]) -> int:
-    total = 0
-    with db.session() as session:
-        for start in range(0, len(deal_ids), 500):
-            chunk = deal_ids[start : start + 500]
-            total += int(
-                session.exec(
-                    select(func.count()).select_from(Deal).where(col(Deal.deal_id).in_(chunk))
-                ).one()
-            )
-    return total
+        return int(
+            session.exec(
+                select(func.count()).select_from(Deal).where(Deal.pipeline_id == pipeline_id)
+            ).one()
+        )
 
 
 def _rows(db: Database, deal_ids: list[str]) -> dict[str, Deal]:
@@ -164,7 +157,7 @@ async def _poll(
         alive()
         if time.monotonic() > deadline:
             raise RuntimeError(f"gave up waiting for {what}")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.25)
 
 
 async def scenario(
@@ -176,6 +169,7 @@ async def scenario(
     rate: float,
     workdir: Path,
     out: TextIO = sys.stdout,
+    code_dir: Path = ROOT,
 ) -> dict[str, Any]:
     """Seed ``deals`` deals, migrate them, ``kill -9`` the worker half-way, verify exactly once.
 
@@ -199,6 +193,7 @@ async def scenario(
             "DEALFLOW_SECRET_KEY": SECRET_KEY,
         },
         workdir=workdir,
+        code_dir=code_dir,
     )
 
     def say(msg: str) -> None:
@@ -274,7 +269,7 @@ async def scenario(
             t0 = time.monotonic()
             await asyncio.gather(*(open_deal(d, s) for d, s in plan.items()))
             await _poll(
-                lambda: _count_rows(db, ids) == deals, f"{deals} deal rows", 600 + deals / 5, alive
+                lambda: _count_in(db, source) == deals, f"{deals} deal rows", 600 + deals, alive
             )
             say(f"seeded {deals} deals in {time.monotonic() - t0:.1f}s")
 
@@ -289,8 +284,8 @@ async def scenario(
             started = time.monotonic()
 
             half = deals // 2
-            await _poll(lambda: _count_migrated(db, mid) >= half, "half of the deals", 600, alive)
-            before_kill = _count_migrated(db, mid)
+            await _poll(lambda: _count_in(db, target) >= half, "half of the deals", 600, alive)
+            before_kill = _count_in(db, target)
             kill_after = time.monotonic() - started
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=30)
@@ -352,12 +347,27 @@ async def scenario(
     return figures
 
 
+def snapshot_of_head(into: Path) -> Path:
+    """``git archive HEAD`` of the repository, unpacked into ``into``."""
+    into.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "HEAD"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deals", type=int, default=5_000)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--rate", type=float, default=1000, help="rate_per_second of the run")
     parser.add_argument("--database-url", default=None, help="default: a scratch SQLite file")
+    parser.add_argument(
+        "--working-tree",
+        action="store_true",
+        help="run the worker and API from the working tree, not from a snapshot of HEAD",
+    )
     args = parser.parse_args()
 
     from temporalio.contrib.pydantic import pydantic_data_converter
@@ -367,6 +377,11 @@ async def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="dealflow-bench-migration-"))
     url = args.database_url or f"sqlite:///{workdir / 'bench.db'}"
+    code_dir = ROOT
+    if not args.working_tree:
+        # The Temporal sandbox re-imports workflow modules from disk for every run it replays:
+        # edits to the working tree during a long run would change workflow code under it.
+        code_dir = snapshot_of_head(workdir / "src")
     extra: list[str] = []
     for name, kind in SEARCH_ATTRIBUTES.items():
         extra += ["--search-attribute", f"{name}={kind}"]
@@ -384,6 +399,7 @@ async def main() -> None:
             batch_size=args.batch_size,
             rate=args.rate,
             workdir=workdir,
+            code_dir=code_dir,
         )
     finally:
         await env.shutdown()
