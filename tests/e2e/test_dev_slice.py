@@ -20,7 +20,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from tests.conftest import free_port
+from tests.conftest import free_port, fresh_pg_database
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -107,8 +107,14 @@ def stop_stack(stack: Stack) -> None:
 
 
 @pytest.fixture(scope="module")
-def e2e_db(request: pytest.FixtureRequest, database_url: str) -> str | None:
-    return None if database_url.startswith("sqlite") else database_url
+def e2e_db(database_url: str) -> Iterator[str | None]:
+    """SQLite: the stack's own file under its data dir. PostgreSQL: a database of its own, so
+    that the stack's relay does not pick up events other tests left in the shared one."""
+    if database_url.startswith("sqlite"):
+        yield None
+        return
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
