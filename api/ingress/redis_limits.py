@@ -1,6 +1,7 @@
 """Token buckets in Redis, so every API process shares one limit per source.
 
-One Lua script per check keeps take-a-token atomic; keys expire on their own.
+One Lua script per check keeps take-a-token atomic and reads Redis's own clock, so processes on
+hosts whose clocks differ share one bucket correctly; keys expire on their own.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ _TAKE = """
 local key = KEYS[1]
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local state = redis.call('HMGET', key, 't', 's')
 local tokens = tonumber(state[1]) or burst
 local stamp = tonumber(state[2]) or now
@@ -50,7 +52,7 @@ class RedisLimiter:
         self._seq = 0
 
     def take(self, key: str, rate: float, burst: int) -> Decision:
-        ok, tokens = self._take(keys=[self.prefix + key], args=[rate, burst, time.time()])
+        ok, tokens = self._take(keys=[self.prefix + key], args=[rate, burst])
         if int(ok):
             return Decision(True)
         return Decision(False, retry_after=(1.0 - float(tokens)) / rate)
