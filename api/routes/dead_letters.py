@@ -25,7 +25,7 @@ from activities.events import (
     replay,
 )
 from api.auth import Admin, Ctx, Viewer
-from api.pagination import Page
+from api.pagination import Page, newest_first
 from api.problems import ProblemError
 from store.models import AuditEntry, Event
 from workflows.replay import ReplayInput, ReplayProgress
@@ -117,15 +117,8 @@ def index(
     starting_after: str | None = None,
 ) -> Page[DeadLetterOut]:
     query = filtered(select(Event), ReplayFilter(source_id=source_id, type=type, deal_id=deal_id))
-    if starting_after:
-        query = query.where(Event.id < starting_after)
-    query = query.order_by(Event.id.desc()).limit(limit + 1)  # type: ignore[attr-defined]
-    with ctx.db.session() as session:
-        rows = list(session.exec(query).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page[DeadLetterOut](
-        data=[_out(r) for r in rows], has_more=more, next_cursor=rows[-1].id if more else None
+    return newest_first(
+        ctx.db, query, Event.id, limit=limit, starting_after=starting_after, render=_out
     )
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from sqlmodel import select
 
 from api.auth import Ctx, Viewer
-from api.pagination import Page
+from api.pagination import Page, newest_first
 from api.problems import ProblemError
 from store.models import Event
 
@@ -69,17 +69,8 @@ def index(
         query = query.where(Event.type == type)
     if deal_id:
         query = query.where(Event.deal_id == deal_id)
-    if starting_after:
-        query = query.where(Event.id < starting_after)
-    query = query.order_by(Event.id.desc()).limit(limit + 1)  # type: ignore[attr-defined]
-    with ctx.db.session() as session:
-        rows = list(session.exec(query).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page[EventOut](
-        data=[event_out(r) for r in rows],
-        has_more=more,
-        next_cursor=rows[-1].id if more else None,
+    return newest_first(
+        ctx.db, query, Event.id, limit=limit, starting_after=starting_after, render=event_out
     )
 
 
