@@ -168,3 +168,7 @@ async def main() -> None:
 
 if __name__ == "__main__":
     asyncio.run(main())
+    # Skip interpreter finalisation: the Temporal bridge's threads can abort it
+    # ("PyGILState_Release ... finalizing") after every figure is already printed.
+    sys.stdout.flush()
+    os._exit(0)

@@ -13,7 +13,6 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -43,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         TransitionRequest,
         problems_detail,
     )
+    from workflows.retries import DB_RETRY
     from workflows.search import (
         DEAL_ID,
         DEAL_STAGE,
@@ -59,17 +59,6 @@ must not become one activity input over Temporal's payload limit (2 MB)."""
 CARRY_LIMIT = CHUNK
 """At most this many unprocessed events are carried across continue-as-new (more are processed
 first), so the new run's input stays well under the payload limit too."""
-DB_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-)
-EFFECT_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=5),
-    maximum_attempts=8,
-)
 
 
 @workflow.defn(name="DealWorkflow")

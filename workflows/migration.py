@@ -22,6 +22,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
+from workflows.retries import DB_RETRY
+
 MAX_ERRORS = 100
 """Per-deal failures and skips kept with the migration (the counters count them all)."""
 
@@ -101,13 +103,6 @@ class RecordMigrationInput(BaseModel):
     progress: Progress
     finished_at: datetime | None = None
     error: str | None = None
-
-
-DB_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=200),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-)
 
 
 @workflow.defn(name="MigrationWorkflow")

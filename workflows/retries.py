@@ -1,0 +1,14 @@
+"""Retry policy for workflows' reads and writes of dealflow's own database: quick at first,
+backing off to every 30 s, never giving up (a database outage must delay work, not lose it)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio.common import RetryPolicy
+
+DB_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
