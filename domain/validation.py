@@ -32,6 +32,7 @@ nothing. Conditions are not evaluated: a move that *can* loop is reported.
 from __future__ import annotations
 
 import difflib
+import string
 import types
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -55,6 +56,22 @@ from domain.pipeline import (
     TriggerSpec,
     ValidationRule,
 )
+
+TEMPLATE_FIELDS = frozenset(
+    {
+        "deal_id",
+        "title",
+        "stage",
+        "status",
+        "owner",
+        "value",
+        "currency",
+        "pipeline_id",
+        "test_mode",
+    }
+)
+"""What a notification or task template may refer to: the context the engine gives every
+effect (``Engine._context``)."""
 
 __all__ = ["parse_and_validate", "problems_from_validation_error", "validate_pipeline"]
 
@@ -263,6 +280,7 @@ class _Checker:
             if action.stage not in self.stages:
                 self.unknown_stage(action.stage, [*loc, "stage"], "move_to_stage target")
         elif isinstance(action, Notify | CreateTask):
+            self.check_placeholders([*loc, "template"], action.template)
             known = self.known_templates
             if known is not None and action.template not in known:
                 listing = ", ".join(repr(t) for t in sorted(known)) or "none"
@@ -278,6 +296,26 @@ class _Checker:
                     [*loc, "field"],
                     "assign_owner with strategy 'by_field' needs 'field', the field naming "
                     "the owner",
+                )
+
+    def check_placeholders(self, loc: list[str | int], template: str) -> None:
+        """A template's ``{placeholders}`` must be plain names of the deal's context."""
+        try:
+            fields = [
+                name for _, name, _, _ in string.Formatter().parse(template) if name is not None
+            ]
+        except ValueError as exc:
+            self.add("invalid_template", loc, f"the template cannot be read: {exc}")
+            return
+        for name in fields:
+            if name not in TEMPLATE_FIELDS:
+                hint = difflib.get_close_matches(name, sorted(TEMPLATE_FIELDS), n=1)
+                self.add(
+                    "unknown_template_field",
+                    loc,
+                    f"the template refers to {{{name}}}, which is not a deal field "
+                    f"(known: {', '.join(sorted(TEMPLATE_FIELDS))})"
+                    + (f"; did you mean {{{hint[0]}}}?" if hint else ""),
                 )
 
     def check_calendar(self) -> None:

@@ -821,3 +821,46 @@ def test_validation_is_deterministic():
     first = parse_and_validate(data)[1]
     for _ in range(5):
         assert parse_and_validate(copy.deepcopy(data))[1] == first
+
+
+def test_template_placeholders_must_be_deal_fields() -> None:
+    from datetime import UTC, datetime
+
+    from domain.engine import Engine
+    from domain.pipeline import PipelineSnapshot
+    from domain.validation import TEMPLATE_FIELDS, parse_and_validate
+
+    payload = {
+        "name": "p",
+        "stages": [{"key": "lead", "name": "Lead", "probability": 10}],
+        "automations": [
+            {
+                "name": "hello",
+                "trigger": {"on": "stage_entered", "stage": "lead"},
+                "actions": [
+                    {"do": "notify", "to": "ana", "template": "Deal {titel} in {stage}"},
+                    {"do": "create_task", "template": "Call {owner} about {title}"},
+                ],
+            }
+        ],
+    }
+    _, problems = parse_and_validate(payload)
+    assert [(p.code, p.loc) for p in problems] == [
+        ("unknown_template_field", ["automations", 0, "actions", 0, "template"])
+    ]
+    assert "did you mean {title}?" in problems[0].msg
+    # The names allowed are exactly what the engine hands every effect.
+    ok, none = parse_and_validate({**payload, "automations": []})
+    assert ok is not None and none == []
+    engine, _ = Engine.create(
+        PipelineSnapshot(pipeline_id="p", version=1, spec=ok),
+        deal_id="d",
+        title="t",
+        value=1,
+        currency="EUR",
+        owner=None,
+        fields={},
+        stage=None,
+        now=datetime(2025, 1, 1, tzinfo=UTC),
+    )
+    assert set(engine._context()) == TEMPLATE_FIELDS
