@@ -66,6 +66,8 @@ class ServerThread:
             log_config=None,
             access_log=False,
             lifespan="on",
+            # longer than any pause between a test's requests: no reuse of a closing connection
+            timeout_keep_alive=300,
             timeout_graceful_shutdown=5,
             proxy_headers=False,  # as `dealflow api` runs it: the app decides whom to trust
         )

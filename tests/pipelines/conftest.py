@@ -30,7 +30,14 @@ class _Server:
     def __init__(self, app: Any, port: int) -> None:
         self.app = app
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            # longer than any pause between a test's requests: no reuse of a closing connection
+            timeout_keep_alive=300,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
