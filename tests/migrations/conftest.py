@@ -28,7 +28,7 @@ from domain.events import DealEvent
 from store.db import Database
 from store.models import Deal, DealHistory
 from tests.conftest import free_port
-from tests.pipelines.conftest import _Server
+from tests.servers import ServerThread
 from worker import build_worker
 from workflows.messages import DealInput, EventBatch
 
@@ -198,7 +198,7 @@ async def api_server(
         metrics_port=0,
         log_format="text",
     )
-    server = _Server(create_app(settings), free_port())
+    server = ServerThread(create_app(settings), free_port())
     await asyncio.to_thread(server.start)
     try:
         async with httpx.AsyncClient(

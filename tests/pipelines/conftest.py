@@ -6,8 +6,6 @@ an unused port. One server per database backend (``database_url`` is parametrize
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,44 +13,15 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from api.app import create_app
 from dealflow.settings import Settings
 from store.db import Database
 from tests.conftest import free_port
+from tests.servers import ServerThread
 
 ADMIN_TOKEN = "dfa_pipelines_admin_token_0123456789"
 SECRET_KEY = "pipelines-test-secret-key-0123456789"
-
-
-class _Server:
-    def __init__(self, app: Any, port: int) -> None:
-        self.app = app
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            # longer than any pause between a test's requests: no reuse of a closing connection
-            timeout_keep_alive=300,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the API server did not start")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @dataclass
@@ -84,7 +53,7 @@ def papi(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         metrics_port=0,
         log_format="text",
     )
-    server = _Server(create_app(settings), free_port())
+    server = ServerThread(create_app(settings), free_port())
     server.start()
     db = Database(database_url)
     try:
