@@ -1,12 +1,13 @@
 """The event store's processing side: dead letters, replays, discards, poison handoffs and
 reconciliation, as plain functions (used by the API) and as activities (used by workflows).
 
-Statuses: ``accepted`` (stored, waiting for the relay) → ``queued`` (handed to the deal workflow)
-→ ``processed`` | ``failed`` (a business refusal: final) | ``dead_lettered`` (a processing error:
-replayable). An operator's replay puts a dead letter back to ``accepted`` with ``replays + 1``
-(the deal workflow dedups on ``event_id#replays``, so it applies it once more, exactly once);
-a discard makes it ``discarded`` (final). Every step is a row in ``event_attempts``; every
-operator action an ``audit_log`` entry with who and when.
+Statuses: ``accepted`` (stored, waiting for the relay) → ``queued`` (claimed by a relay, being
+handed over) → ``processing`` (in its deal workflow's durable inbox) → ``processed`` |
+``failed`` (a business refusal: final) | ``dead_lettered`` (a processing error: replayable).
+An operator's replay puts a dead letter back to ``accepted`` with ``replays + 1`` (the deal
+workflow dedups on ``event_id#replays``, so it applies it once more, exactly once); a discard
+makes it ``discarded`` (final). Every step is a row in ``event_attempts``; every operator
+action an ``audit_log`` entry with who and when.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ log = logging.getLogger("dealflow.events")
 
 FINAL = ("processed", "failed", "discarded")
 STUCK = ("queued", "processing")
+WAITING = ("accepted", "queued")  # not yet handed to a deal workflow
 
 # --------------------------------------------------------------------------- messages
 
@@ -127,7 +129,8 @@ def dead_letter(db: Database, items: list[DeadLetterItem]) -> list[str]:
 def record_handoff_failures(
     db: Database, event_ids: list[str], error: str, max_attempts: int
 ) -> list[str]:
-    """Count a failed handoff on each event still ``accepted``; those that failed
+    """Count a failed handoff on each event still waiting for it (``accepted``, or ``queued``:
+    claimed by the relay that failed); those that failed
     ``max_attempts`` times are dead-lettered (a poison event must not block its deal forever).
     Returns the ids dead-lettered now."""
     if not event_ids:
@@ -137,13 +140,13 @@ def record_handoff_failures(
     with db.session() as session:
         session.execute(
             update(Event)
-            .where(Event.id.in_(event_ids), Event.status == "accepted")  # type: ignore[attr-defined]
+            .where(Event.id.in_(event_ids), Event.status.in_(WAITING))  # type: ignore[attr-defined]
             .values(attempts=Event.attempts + 1, last_error=error)
         )
         rows = session.execute(
             select(Event.id, Event.attempts).where(  # type: ignore[call-overload]
                 Event.id.in_(event_ids),  # type: ignore[attr-defined]
-                Event.status == "accepted",
+                Event.status.in_(WAITING),  # type: ignore[attr-defined]
             )
         ).all()
         poison = [event_id for event_id, attempts in rows if attempts >= max_attempts]
@@ -160,7 +163,7 @@ def record_handoff_failures(
         if poison:
             session.execute(
                 update(Event)
-                .where(Event.id.in_(poison), Event.status == "accepted")  # type: ignore[attr-defined]
+                .where(Event.id.in_(poison), Event.status.in_(WAITING))  # type: ignore[attr-defined]
                 .values(status="dead_lettered", processed_at=now)
             )
             for event_id in poison:

@@ -1,10 +1,14 @@
 """The relay: hands stored events to their deal workflows, batched per deal.
 
-Runs in every API process. It reads events still ``accepted`` (oldest first), groups them by
-deal, sends one signal-with-start per deal carrying the whole batch, and marks them ``queued``.
-If it dies between the signal and the mark, the next pass sends them again and the workflow
-drops the ids it has seen. Events accepted while Temporal is down wait in the table until it
-is back: a 202 is never lost.
+Runs in every API process. A pass claims the oldest events still ``accepted`` (they become
+``queued``: claimed by this relay, one conditional UPDATE, so several API processes never send
+the same event twice), groups them by deal, sends one signal-with-start per deal carrying the
+whole batch, and marks what Temporal took ``processing`` (it is in its deal workflow's durable
+inbox; the workflow records the outcome). What could not be handed over goes back to
+``accepted``. If the relay dies between claim and mark, the claim expires after
+``CLAIM_LEASE`` and another pass sends the events again; the workflow drops the ids it has
+seen. Events accepted while Temporal is down wait in the table until it is back: a 202 is
+never lost.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -26,7 +30,7 @@ from activities.events import record_handoff_failures
 from api.metrics import HANDED_OFF, PENDING_HANDOFF
 from domain.events import DealEvent
 from store.db import Database
-from store.events import mark_queued
+from store.events import claim, mark_processing, release
 from store.models import Event
 from workflows.messages import DealInput, EventBatch, deal_workflow_id
 from workflows.search import DEAL_ID
@@ -50,25 +54,23 @@ class Pending:
     replays: int = 0
 
 
+CLAIM_LEASE = timedelta(seconds=30)
+"""How long a relay's claim on events holds before another pass may take them over."""
+
+
 def pending_events(db: Database, limit: int) -> list[Pending]:
-    """The oldest events not yet handed over (only the columns the handoff needs)."""
-    table = Event.__table__  # type: ignore[attr-defined]
-    c = table.c
-    query = (
-        select(c.id, c.source_id, c.type, c.deal_id, c.payload, c.received_at, c.replays)
-        .where(c.status == "accepted")
-        .order_by(c.received_at, c.id)
-        .limit(limit)
-    )
-    with db.engine.connect() as conn:
-        return [Pending(*row) for row in conn.execute(query)]
+    """Claim the oldest events not yet handed over (only the columns the handoff needs)."""
+    rows = claim(db, limit, datetime.now(UTC), CLAIM_LEASE)
+    return [Pending(**row) for row in rows]
 
 
 def count_pending(db: Database) -> int:
     with db.session() as session:
         return int(
             session.execute(
-                select(func.count()).select_from(Event).where(Event.status == "accepted")
+                select(func.count())
+                .select_from(Event)
+                .where(Event.status.in_(("accepted", "queued")))  # type: ignore[attr-defined]
             ).scalar_one()
         )
 
@@ -95,6 +97,7 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._sem = asyncio.Semaphore(CONCURRENCY)
         self._counted_at = 0.0
+        self._count_due = False  # a count was skipped by the once-a-second limit
         self._warned_at = -1e9
 
     def start(self) -> None:
@@ -133,7 +136,9 @@ class Relay:
                 log.warning("relay pass failed, retrying in %.1fs: %s", backoff, exc)
                 backoff = min(backoff * 2, 10.0)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
+                # A count skipped by the once-a-second limit is made up as soon as it may be.
+                timeout = min(backoff, 1.0) if self._count_due else backoff
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -142,8 +147,9 @@ class Relay:
         """Refresh the pending-handoff gauge, at most once a second (it is a COUNT)."""
         now = time.monotonic()
         if now - self._counted_at < 1.0:
+            self._count_due = True
             return
-        self._counted_at = now
+        self._counted_at, self._count_due = now, False
         PENDING_HANDOFF.set(await asyncio.to_thread(count_pending, self.db))
 
     async def run_once(self) -> int:
@@ -158,6 +164,16 @@ class Relay:
         if not events:
             PENDING_HANDOFF.set(0)
             return 0
+        done: list[str] = []
+        try:
+            return await self._hand_over(client, events, done)
+        finally:
+            # Whatever Temporal did not take goes back to ``accepted`` at once (not after the
+            # lease): the next pass, of this relay or another, sends it.
+            handed = set(done)
+            await asyncio.to_thread(release, self.db, [e.id for e in events if e.id not in handed])
+
+    async def _hand_over(self, client: Client, events: list[Pending], done: list[str]) -> int:
         by_deal: dict[str, list[Pending]] = defaultdict(list)
         for ev in events:
             by_deal[ev.deal_id or ""].append(ev)
@@ -165,7 +181,6 @@ class Relay:
             *[self._send(client, deal_id, evs) for deal_id, evs in by_deal.items()],
             return_exceptions=True,
         )
-        done: list[str] = []
         failures = 0
         for (deal_id, evs), result in zip(by_deal.items(), results, strict=True):
             if isinstance(result, BaseException):
@@ -179,7 +194,7 @@ class Relay:
                     last = result
             else:
                 done.extend(e.id for e in evs)
-        await asyncio.to_thread(mark_queued, self.db, done, datetime.now(UTC))
+        await asyncio.to_thread(mark_processing, self.db, done)
         HANDED_OFF.inc(len(done))
         if failures:
             self._counted_at = 0.0
@@ -264,4 +279,6 @@ def _transient(exc: BaseException) -> bool:
     """Temporal unreachable or overloaded (retry, count nothing) vs. a refusal of the batch."""
     if isinstance(exc, RPCError):
         return exc.status in TRANSIENT
+    if isinstance(exc, RuntimeError) and str(exc).startswith("Failed client connect"):
+        return True  # a lazy client that cannot (re)connect: Temporal is not there
     return isinstance(exc, ConnectionError | TimeoutError | asyncio.TimeoutError)

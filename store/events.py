@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -153,14 +153,48 @@ def _lookup(conn: Any, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str
     return stored
 
 
-def mark_queued(db: Database, event_ids: list[str], at: datetime) -> None:
-    """The relay handed these to Temporal; only events still ``accepted`` move to ``queued``."""
+def claim(db: Database, limit: int, now: datetime, lease: timedelta) -> list[dict[str, Any]]:
+    """Claim the oldest events waiting for the relay: ``accepted`` ones, and ``queued`` ones
+    whose claim is older than ``lease`` (their relay died before handing them over). One
+    conditional UPDATE: two relays (API processes) never claim the same event at once, so
+    each event is sent to Temporal once. Returns the claimed events' handoff columns, oldest
+    first."""
+    c = EVENTS.c
+    cutoff = now - lease
+    waiting = (c.status == "accepted") | ((c.status == "queued") & (c.queued_at < cutoff))
+    candidates = select(c.id).where(waiting).order_by(c.received_at, c.id).limit(limit)
+    if db.dialect == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    statement = (
+        update(EVENTS)
+        .where(c.id.in_(candidates.scalar_subquery()), waiting)
+        .values(status="queued", queued_at=now)
+        .returning(c.id, c.source_id, c.type, c.deal_id, c.payload, c.received_at, c.replays)
+    )
+    with db.engine.begin() as conn:
+        rows = [dict(row._mapping) for row in conn.execute(statement)]
+    rows.sort(key=lambda r: (r["received_at"], r["id"]))
+    return rows
+
+
+def mark_processing(db: Database, event_ids: list[str]) -> None:
+    """The relay handed these to their deal workflows: ``queued`` → ``processing`` (an event
+    whose outcome the workflow recorded meanwhile keeps it)."""
+    _move(db, event_ids, "queued", "processing")
+
+
+def release(db: Database, event_ids: list[str]) -> None:
+    """Claimed events the relay could not hand over go back to ``accepted`` for the next pass."""
+    _move(db, event_ids, "queued", "accepted")
+
+
+def _move(db: Database, event_ids: list[str], before: str, after: str) -> None:
     if not event_ids:
         return
-    with db.session() as session:
-        session.execute(
-            update(Event)
-            .where(Event.id.in_(event_ids), Event.status == "accepted")  # type: ignore[attr-defined]
-            .values(status="queued", queued_at=at)
-        )
-        session.commit()
+    c = EVENTS.c
+    with db.engine.begin() as conn:
+        for start in range(0, len(event_ids), 500):
+            chunk = event_ids[start : start + 500]
+            conn.execute(
+                update(EVENTS).where(c.id.in_(chunk), c.status == before).values(status=after)
+            )

@@ -49,7 +49,7 @@ def store_events(db: Database, events: list[Any]) -> None:
                     source_id=e.source_id or "src_test",
                     delivery_id=e.event_id,
                     type=e.type,
-                    status="queued",
+                    status="processing",
                     deal_id=e.data.get("deal_id"),
                     payload=e.data,
                     raw_body=b"{}",

@@ -98,7 +98,7 @@ async def test_processing_errors_are_dead_lettered_and_refusals_fail(
 
         def final(event_id: str):  # type: ignore[no-untyped-def]
             row = event_row(db, event_id)
-            return row if row and row.status not in ("queued", "accepted") else None
+            return row if row and row.status not in ("accepted", "queued", "processing") else None
 
         rows = {
             e.event_id: await eventually(lambda e=e: final(e.event_id), e.event_id)
