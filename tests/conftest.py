@@ -103,6 +103,33 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
+def live_database_url(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of their own for the harnesses whose relay is connected to Temporal, on the
+    backend of ``database_url``: their relay would otherwise hand over the events that the
+    "Temporal is down" tests expect to stay ``accepted`` in the shared database."""
+    if database_url.startswith("sqlite"):
+        url = f"sqlite:///{tmp_path_factory.mktemp('live-db') / 'live.db'}"
+        upgrade(url)
+        yield url
+    else:
+        with fresh_pg_database() as url:
+            yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def own_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated database of the test's own, on each backend: for tests whose relay claims
+    every waiting event (they must neither take nor leave events of other tests)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'own.db'}"
+        upgrade(url)
+        yield url
+    else:
+        with fresh_pg_database() as url:
+            yield url
+
+
+@pytest.fixture(scope="session")
 def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
     yield database

@@ -175,13 +175,14 @@ def proxy_client(api: Api) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 async def live_api(
-    database_url: str, dev_env: Any, tmp_path_factory: pytest.TempPathFactory
+    live_database_url: str, dev_env: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Api]:
-    """The API pointed at the real Temporal dev server, with a worker for the deal workflows."""
+    """The API pointed at the real Temporal dev server, with a worker for the deal workflows
+    (on a database of its own: its relay hands over every waiting event)."""
     from worker import build_worker
 
     target = dev_env.client.service_client.config.target_host
-    settings = make_settings(database_url, tmp_path_factory.mktemp("live"), target)
+    settings = make_settings(live_database_url, tmp_path_factory.mktemp("live"), target)
     worker = build_worker(dev_env.client, Database(settings.effective_database_url), settings)
     async with worker:
         with running_api(settings) as running:

@@ -224,11 +224,12 @@ async def api_server(
         await asyncio.to_thread(server.stop)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def harness(
-    dev_env: WorkflowEnvironment, database_url: str, tmp_path_factory: pytest.TempPathFactory
+    dev_env: WorkflowEnvironment, live_database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Harness]:
     task_queue = f"migrations-{uuid.uuid4().hex[:8]}"
+    database_url = live_database_url  # its relay is live: a database of its own
     db = Database(database_url)
     target = dev_env.client.service_client.config.target_host
     worker = build_worker(dev_env.client, db, Settings(task_queue=task_queue, metrics_port=0))
