@@ -83,6 +83,11 @@ class ReconcileReport(BaseModel):
     deals_behind: int = 0
     deals_repaired: list[str] = Field(default_factory=list)
     dead_letters: int = 0
+    outcomes_recovered: int = 0  # lost outcomes written again from the workflows' records
+    recovered_ids: list[str] = Field(default_factory=list)
+    history_restored: int = 0  # lost history entries written again
+    history_repaired: list[str] = Field(default_factory=list)
+    history_unrecoverable: list[str] = Field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- store functions
@@ -487,7 +492,15 @@ def processing_activities(client: Client, db: Database, settings: Any, deals: An
         events.replay_dead_letters,
         events.requeue_stuck_events,
         events.reconcile_deals,
+        *_repairs(db, client),
     ]
+
+
+def _repairs(db: Database, client: Client) -> list[Any]:
+    from activities.repair import RepairActivities  # it imports this module
+
+    repair = RepairActivities(db, client)
+    return [repair.recover_stuck_outcomes, repair.restore_deal_history]
 
 
 def _workflows() -> list[Any]:

@@ -1,6 +1,11 @@
-"""``ReconcileWorkflow``, run by the ``dealflow-reconcile`` schedule (every 5 minutes): re-queues
-events stuck without an outcome and rewrites read-model rows behind their deal workflow's state.
-Its result is the report (counts)."""
+"""``ReconcileWorkflow``, run by the ``dealflow-reconcile`` schedule (every 5 minutes).
+
+1. Events handed over long ago without an outcome: an outcome their deal workflow recorded (the
+   write was lost) is written again from the workflow's history; the others are re-queued.
+2. Read-model rows behind their deal workflow's state are rewritten from it.
+3. History entries missing from the table are written again from the workflows' records.
+
+Its result is the report (counts and ids)."""
 
 from __future__ import annotations
 
@@ -19,6 +24,16 @@ SCHEDULE_ID = "dealflow-reconcile"
 class ReconcileWorkflow:
     @workflow.run
     async def run(self, inp: ReconcileInput) -> ReconcileReport:
+        recovered = ReconcileReport()
+        if workflow.patched("reconcile-from-records"):
+            recovered = await workflow.execute_activity(
+                "recover_stuck_outcomes",
+                inp,
+                result_type=ReconcileReport,
+                start_to_close_timeout=timedelta(minutes=4),
+                heartbeat_timeout=timedelta(minutes=1),
+                retry_policy=DB_WRITE_RETRY,
+            )
         events: ReconcileReport = await workflow.execute_activity(
             "requeue_stuck_events",
             inp,
@@ -36,6 +51,20 @@ class ReconcileWorkflow:
         events.deals_checked = deals.deals_checked
         events.deals_behind = deals.deals_behind
         events.deals_repaired = deals.deals_repaired
+        events.outcomes_recovered = recovered.outcomes_recovered
+        events.recovered_ids = recovered.recovered_ids
+        if workflow.patched("reconcile-from-records"):
+            history: ReconcileReport = await workflow.execute_activity(
+                "restore_deal_history",
+                inp,
+                result_type=ReconcileReport,
+                start_to_close_timeout=timedelta(minutes=4),
+                heartbeat_timeout=timedelta(minutes=1),
+                retry_policy=DB_WRITE_RETRY,
+            )
+            events.history_restored = history.history_restored
+            events.history_repaired = history.history_repaired
+            events.history_unrecoverable = history.history_unrecoverable
         return events
 
 

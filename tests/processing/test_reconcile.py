@@ -17,8 +17,9 @@ from temporalio.testing import WorkflowEnvironment
 from activities.events import ReconcileInput, ReconcileReport
 from store.db import Database
 from store.migrate import upgrade
+from store.models import Deal
 from tests.processing.support import created, event_row, plain_pipeline, store_events
-from tests.workflows.support import deal_row, eventually, new_id, send
+from tests.workflows.support import deal_row, event, eventually, history, new_id, send
 from workflows.reconcile import SCHEDULE_ID, ensure_schedule
 
 
@@ -97,3 +98,89 @@ async def test_the_schedule_is_created_once(dev_env: WorkflowEnvironment) -> Non
         assert desc.schedule.action.workflow == "ReconcileWorkflow"  # type: ignore[attr-defined]
     finally:
         await handle.delete()
+
+
+@pytest.fixture
+def own_db(own_database_url: str) -> Iterator[Database]:
+    database = Database(own_database_url)
+    yield database
+    database.dispose()
+
+
+async def reconcile(client, task_queue: str) -> ReconcileReport:  # type: ignore[no-untyped-def]
+    return await client.execute_workflow(
+        "ReconcileWorkflow",
+        ReconcileInput(stuck_after_seconds=600),
+        id=f"reconcile-{uuid.uuid4().hex[:8]}",
+        task_queue=task_queue,
+        result_type=ReconcileReport,
+    )
+
+
+async def test_lost_writes_come_back_from_the_workflows_records(
+    dev_env: WorkflowEnvironment, own_db: Database, run_worker
+) -> None:  # type: ignore[no-untyped-def]
+    """The database loses what a deal workflow wrote (a restore from an older backup): an
+    applied event's outcome and some history entries. Re-queueing the event would not help (the
+    workflow drops an id it has seen); reconciliation writes both again from the workflow's
+    history, and says which deal's entries it cannot find any more."""
+    db, client = own_db, dev_env.client
+    async with run_worker(client, db) as settings:
+        pipeline = plain_pipeline(db)
+        deal, other = new_id("deal"), new_id("deal")
+        first = created(deal, pipeline)
+        moves = [
+            event(deal, "deal.updated", value=7000),
+            event(deal, "deal.stage_change_requested", to_stage="qualified"),
+            event(deal, "deal.activity", kind="call"),
+        ]
+        store_events(db, [first, *moves])
+        await send(client, settings.task_queue, deal, [first])
+        await send(client, settings.task_queue, deal, moves)
+        await eventually(
+            lambda: all(
+                (row := event_row(db, e.event_id)) is not None and row.status == "processed"
+                for e in [first, *moves]
+            ),
+            "every event processed",
+        )
+        before = [(h.seq, h.kind) for h in history(db, deal)]
+        assert len(before) >= 3, before
+        lost = moves[1].event_id
+        other_created = created(other, pipeline)
+        store_events(db, [other_created])
+        await send(client, settings.task_queue, other, [other_created])
+        await eventually(lambda: deal_row(db, other), "the other deal")
+        with db.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE events SET status = 'processing', processed_at = NULL, "
+                    "queued_at = :t WHERE id = :i"
+                ),
+                {"t": datetime.now(UTC) - timedelta(hours=1), "i": lost},
+            )
+            conn.execute(
+                text("DELETE FROM deal_history WHERE deal_id = :d AND seq > 1"), {"d": deal}
+            )
+        # The other deal claims three entries more than its workflow ever recorded.
+        with db.session() as session:
+            row = session.get(Deal, other)
+            assert row is not None
+            seq = int(row.state["history_seq"])
+            row.state = {**row.state, "history_seq": seq + 3}
+            session.add(row)
+            session.commit()
+
+        report = await reconcile(client, settings.task_queue)
+        assert report.outcomes_recovered == 1 and report.recovered_ids == [lost]
+        assert report.requeued == 0, "an applied event is not sent again"
+        recovered = event_row(db, lost)
+        assert recovered is not None and recovered.status == "processed"
+        assert report.history_restored == len(before) - 1
+        assert report.history_repaired == [deal]
+        assert [(h.seq, h.kind) for h in history(db, deal)] == before
+        assert report.history_unrecoverable == [other]
+
+        again = await reconcile(client, settings.task_queue)
+        assert again.outcomes_recovered == 0 and again.history_restored == 0
+        assert again.requeued == 0

@@ -7,11 +7,12 @@ import asyncio
 import time
 
 import pytest
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlmodel import select
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from activities.repair import recorded, restore_history
 from domain.deal import Actor
 from store.db import Database
 from store.models import DealHistory
@@ -145,3 +146,9 @@ async def test_twenty_thousand_events_pass_through_continue_as_new(
     runs = [wf async for wf in client.list_workflows(f'WorkflowId="deal-{deal}"')]
     print(f"\n20,000 events: {elapsed:.1f} s, {len(runs)} runs")
     assert len(runs) >= 2
+    # History the table lost comes back from the records of every run (reconciliation).
+    with db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM deal_history WHERE deal_id = :d"), {"d": deal})
+    found = await recorded(client, deal)
+    assert found.runs == len(runs)
+    assert restore_history(db, deal, found) == TOTAL + 1
