@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     breaker_failure_threshold: int = Field(5, ge=1)
     breaker_window: Duration = "PT1M"  # type: ignore[assignment]
     breaker_cooldown: Duration = "PT30S"  # type: ignore[assignment]
+    # While a breaker is open: ``wait`` (a durable timer, then the call again) or ``fail`` at once.
+    breaker_fallback: str = Field("wait", pattern="^(wait|fail)$")
+    breaker_max_wait: Duration = "P1D"  # type: ignore[assignment]
     relay_max_attempts: int = Field(5, ge=1)
     reconcile_stuck_after: Duration = "PT10M"  # type: ignore[assignment]
     reconcile_every: Duration = "PT5M"  # type: ignore[assignment]
