@@ -109,6 +109,7 @@ class Breaker:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db = db
+        self.settings = settings
         self.threshold = settings.breaker_failure_threshold
         self.window = settings.breaker_window
         self.cooldown = settings.breaker_cooldown
@@ -292,8 +293,9 @@ _BREAKERS: dict[int, Breaker] = {}
 
 
 def breaker_for(db: Database, settings: Settings) -> Breaker:
-    """One breaker (and alerter) per database of this process."""
+    """One breaker (and alerter) per database of this process (and its settings: a worker with
+    other settings, as in tests, must not get another's cool-down or fallback)."""
     found = _BREAKERS.get(id(db))
-    if found is None:
+    if found is None or found.settings is not settings:
         found = _BREAKERS[id(db)] = Breaker(db, settings, Alerter(settings))
     return found
