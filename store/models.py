@@ -57,7 +57,8 @@ class Event(SQLModel, table=True):
     attempts: int = 0
     last_error: str | None = None
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
-    processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    """When the outcome was recorded (indexed: the failure-rate alert reads a window of it)."""
     deal_id: str | None = Field(default=None, max_length=200, index=True)
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     raw_body: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
@@ -223,3 +224,31 @@ class Migration(SQLModel, table=True):
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Alert(SQLModel, table=True):
+    """The alert outbox: each alert raised, until a worker's ``AlertDispatcher`` delivered it.
+
+    ``key`` names the occurrence (``event.dead_lettered:{event_id}#{replays}``, …): raising the
+    same alert again (an activity retried, another worker) inserts nothing. ``id`` is the
+    ``webhook-id`` of every delivery attempt. ``status``: ``pending`` → ``delivered`` |
+    ``abandoned``; a pending row is due at ``next_attempt_at`` (a dispatcher's claim moves it
+    past a lease, so no two workers send it at once)."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        UniqueConstraint("key", name="uq_alerts_key"),
+        Index("ix_alerts_status_next_attempt", "status", "next_attempt_at"),
+    )
+    id: str = Field(primary_key=True, max_length=40)
+    key: str = Field(max_length=300)
+    kind: str = Field(max_length=40)
+    summary: str
+    data: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: str = Field(default="pending", max_length=12)
+    attempts: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    claimed_by: str | None = Field(default=None, max_length=80)
+    delivered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_error: str | None = None

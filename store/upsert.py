@@ -13,15 +13,19 @@ def _insert(session: Session, table: Any) -> Any:
     return (postgresql if dialect == "postgresql" else sqlite).insert(table)
 
 
-def insert_ignore(
-    session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]
-) -> None:
+def insert_ignore(session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]) -> int:
+    """Insert the rows whose ``keys`` are new; returns how many were inserted (counted with
+    ``RETURNING``: psycopg's rowcount of such an insert is -1)."""
     if not rows:
-        return
+        return 0
+    table = model.__table__
     stmt = (
-        _insert(session, model.__table__).values(rows).on_conflict_do_nothing(index_elements=keys)
+        _insert(session, table)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=keys)
+        .returning(*[table.c[k] for k in keys])
     )
-    session.execute(stmt)
+    return len(session.execute(stmt).all())
 
 
 def upsert(
