@@ -1,4 +1,5 @@
-"""The Temporal worker: runs deal workflows and their activities until SIGINT / SIGTERM."""
+"""The Temporal worker: runs deal workflows and their activities until SIGINT / SIGTERM, and
+the alert dispatcher (the outbox's delivery, the shared failure-rate alert) alongside them."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from datetime import timedelta
 
 from prometheus_client import start_http_server
 from temporalio.client import Client
+from temporalio.plugin import SimplePlugin
 from temporalio.worker import Worker
 
+from activities.alerts import AlertDispatcher
 from activities.deals import DealActivities
 from activities.effects import EffectActivities
 from activities.events import PROCESSING_WORKFLOWS, processing_activities, watch_dead_letters
@@ -35,6 +38,7 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
     effects = EffectActivities(db, settings)
     pipelines = PipelineActivities(db)
     migrations = MigrationActivities(db, client)
+    alerts = AlertDispatcher(db, settings)
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -52,28 +56,36 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
         activity_executor=ThreadPoolExecutor(max_workers=32, thread_name_prefix="activity"),
         max_concurrent_activities=32,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        # Runs while the worker runs (``async with`` or ``run()``), stops when it shuts down.
+        plugins=[SimplePlugin("dealflow.alerts", run_context=alerts.running)],
     )
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (by default: until SIGINT / SIGTERM)."""
     upgrade(settings.effective_database_url)
     db = Database(settings.effective_database_url)
     client = await connect(settings)
     await ensure_search_attributes(client, settings.temporal_namespace)
+    metrics = None
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.api_host)
+        metrics, _ = start_http_server(settings.metrics_port, addr=settings.api_host)
     worker = build_worker(client, db, settings)
     watch_dead_letters(db)
     if await ensure_schedule(client, settings):
         log.info("created the reconciliation schedule")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
     log.info("worker polling task queue %s on %s", settings.task_queue, settings.temporal_target)
     async with worker:
         await stop.wait()
         log.info("worker stopping: finishing running activities")
+    if metrics is not None:
+        metrics.shutdown()
+        metrics.server_close()
     db.dispose()
     log.info("worker stopped")
 

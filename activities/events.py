@@ -18,11 +18,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select, update
+from sqlmodel import Session
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
-from activities.alerts import DEAD_LETTERS, EVENT_PROCESSING, EVENTS_TOTAL, Alerter
+from activities.alerts import DEAD_LETTERS, EVENT_PROCESSING, EVENTS_TOTAL, Alerter, RaisedAlert
 from store.db import Database
 from store.models import AuditEntry, Deal, Event, EventAttempt
 from workflows.messages import RecordInput
@@ -97,8 +98,37 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def dead_letter(db: Database, items: list[DeadLetterItem]) -> list[str]:
-    """Dead-letter events not yet final; returns the ones that became dead letters now."""
+def _stage_dead_letter_alerts(
+    session: Session, alerter: Alerter, errors: dict[str, tuple[str, dict[str, Any]]]
+) -> list[RaisedAlert | None]:
+    """An ``event.dead_lettered`` alert for each event dead-lettered in this transaction (error
+    and extra data by event id), keyed ``event.dead_lettered:{event_id}#{replays}``."""
+    if not errors:
+        return []
+    replays = {
+        event_id: n
+        for event_id, n in session.execute(
+            select(Event.id, Event.replays).where(Event.id.in_(list(errors)))  # type: ignore[call-overload,attr-defined]
+        ).all()
+    }
+    return [
+        alerter.stage(
+            session,
+            "event.dead_lettered",
+            f"event.dead_lettered:{event_id}#{replays.get(event_id, 0)}",
+            f"event {event_id} dead-lettered: {error}",
+            {"event_id": event_id, "error": error, **extra},
+        )
+        for event_id, (error, extra) in errors.items()
+    ]
+
+
+def dead_letter(
+    db: Database, items: list[DeadLetterItem], alerter: Alerter | None = None
+) -> list[str]:
+    """Dead-letter events not yet final; returns the ones that became dead letters now. Their
+    alerts are raised in the same transaction."""
+    alerter = alerter or Alerter()
     now = _now()
     newly: list[str] = []
     with db.session() as session:
@@ -127,8 +157,25 @@ def dead_letter(db: Database, items: list[DeadLetterItem]) -> list[str]:
                         data=item.data,
                     )
                 )
+        by_id = {item.event_id: item for item in items}
+        raised = _stage_dead_letter_alerts(
+            session,
+            alerter,
+            {
+                event_id: (
+                    by_id[event_id].error,
+                    {"stage": by_id[event_id].stage, **_ids(by_id[event_id].data)},
+                )
+                for event_id in newly
+            },
+        )
         session.commit()
+    alerter.announce(raised)
     return newly
+
+
+def _ids(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: data[k] for k in ("workflow_id", "run_id") if k in data}
 
 
 def record_handoff_failures(
@@ -180,7 +227,13 @@ def record_handoff_failures(
                         error=f"handoff failed {max_attempts} times: {error}",
                     )
                 )
+        alerter = Alerter()
+        message = f"handoff failed {max_attempts} times: {error}"
+        raised = _stage_dead_letter_alerts(
+            session, alerter, {event_id: (message, {"stage": "handoff"}) for event_id in poison}
+        )
         session.commit()
+    alerter.announce(raised)
     return poison
 
 
@@ -359,17 +412,8 @@ class EventActivities:
         for item in inp.items:
             item.data.setdefault("workflow_id", info.workflow_id)
             item.data.setdefault("run_id", info.workflow_run_id)
-        newly = dead_letter(self.db, inp.items)
+        newly = dead_letter(self.db, inp.items, self.alerter)
         EVENTS_TOTAL.labels("dead_lettered").inc(len(newly))
-        self.alerter.observe(["dead_lettered"] * len(newly))
-        by_id = {i.event_id: i for i in inp.items}
-        for event_id in newly:
-            item = by_id[event_id]
-            self.alerter.alert(
-                "event.dead_lettered",
-                f"event {event_id} dead-lettered: {item.error}",
-                {"event_id": event_id, "error": item.error, "workflow_id": info.workflow_id},
-            )
         return len(newly)
 
     @activity.defn(name="replay_dead_letters")
@@ -444,7 +488,7 @@ class EventActivities:
             session.commit()
 
 
-def observed_record_deal(deals: Any, db: Database, alerter: Alerter) -> Any:
+def observed_record_deal(deals: Any, db: Database) -> Any:
     """``record_deal`` with the processing metrics: outcomes by kind and received → recorded."""
 
     @activity.defn(name="record_deal")
@@ -455,7 +499,6 @@ def observed_record_deal(deals: Any, db: Database, alerter: Alerter) -> Any:
         kinds = [o.status for o in inp.outcomes]
         for kind in set(kinds):
             EVENTS_TOTAL.labels(kind).inc(kinds.count(kind))
-        alerter.observe(kinds)
         ids = [o.event_id for o in inp.outcomes]
         with db.session() as session:
             rows = session.execute(
@@ -484,10 +527,9 @@ def watch_dead_letters(db: Database) -> None:
 
 def processing_activities(client: Client, db: Database, settings: Any, deals: Any) -> list[Any]:
     """The worker's event-processing activities (``record_deal`` included, with its metrics)."""
-    alerter = Alerter(settings)
-    events = EventActivities(db, alerter, client)
+    events = EventActivities(db, Alerter(), client)
     return [
-        observed_record_deal(deals, db, alerter),
+        observed_record_deal(deals, db),
         events.dead_letter_events,
         events.replay_dead_letters,
         events.requeue_stuck_events,

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     alert_failure_rate: float = Field(0.25, gt=0, le=1)
     alert_failure_window: Duration = "PT5M"  # type: ignore[assignment]
     alert_failure_min_events: int = Field(20, ge=1)
+    alert_max_attempts: int = Field(12, ge=1)  # deliveries of one alert before it is abandoned
     breaker_failure_threshold: int = Field(5, ge=1)
     breaker_window: Duration = "PT1M"  # type: ignore[assignment]
     breaker_cooldown: Duration = "PT30S"  # type: ignore[assignment]
@@ -83,6 +84,15 @@ class Settings(BaseSettings):
     def _check_cidrs(cls, value: list[str]) -> list[str]:
         for item in value:
             ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("alert_webhook_secret")
+    @classmethod
+    def _check_alert_secret(cls, value: str | None) -> str | None:
+        if value:
+            from domain.signatures import sign
+
+            sign("standard", value, b"{}", delivery_id="check", timestamp=0)  # ValueError if bad
         return value
 
     @field_validator("database_url")
