@@ -4,11 +4,18 @@ table, on SQLite and PostgreSQL alike).
 
 Breaker: ``closed`` counts failures (5xx, 408, 429, timeouts, connection errors) in a window of
 ``DEALFLOW_BREAKER_WINDOW``; at ``DEALFLOW_BREAKER_FAILURE_THRESHOLD`` it turns ``open``. While
-open, a call does not leave the worker: it fails with a retryable ``ApplicationError`` of type
-``circuit_open`` whose ``next_retry_delay`` is the time left until the cool-down
-(``DEALFLOW_BREAKER_COOLDOWN``) ends, so an activity spends one attempt per cool-down instead of
-burning its retries. After the cool-down exactly one caller wins the move to ``half_open`` and
-probes; its success closes the breaker, its failure opens it again for another cool-down.
+open, a call does not leave the worker: it fails with a NON-retryable ``CircuitOpen``
+(``ApplicationError`` type ``circuit_open``) whose details (``domain.circuit.CircuitOpenInfo``)
+carry the time until the breaker may be probed and the worker's ``DEALFLOW_BREAKER_FALLBACK`` and
+``DEALFLOW_BREAKER_MAX_WAIT``. No activity attempt is spent on an open circuit: the deal workflow
+catches it and, with fallback ``wait`` (the default), sleeps on a durable timer (no worker slot)
+until the probe may go and runs the activity again, with the same idempotency key; once the
+waits add up to the maximum, or at once with fallback ``fail``, the call is recorded as
+``action_failed`` ("circuit of integration X open; ..."). After the cool-down
+(``DEALFLOW_BREAKER_COOLDOWN``) exactly one caller wins the move to ``half_open`` and probes; the
+callers that lose the race get ``circuit_open`` with a short delay. The probe's success closes
+the breaker; its failure opens it again for another cool-down, and the prober gets
+``circuit_open`` too (it waits that cool-down out like everyone else).
 
 Retry policies for each kind of work live here too (the workflows import them): DB writes,
 notifications, integration calls. A 4xx other than 408/409/429 is non-retryable: it fails at once.
@@ -20,7 +27,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from sqlalchemy import update
@@ -30,6 +37,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.alerts import CIRCUIT_STATE, CIRCUIT_VALUE, Alerter
 from dealflow.settings import Settings
+from domain.circuit import MIN_DELAY, CircuitOpenInfo
 from store.db import Database
 from store.models import CircuitBreaker
 from store.upsert import insert_ignore
@@ -94,7 +102,15 @@ class Admission:
 
 
 class CircuitOpen(ApplicationError):
-    pass
+    """The breaker is open: the call did not leave the worker (or was the probe, and failed).
+
+    Non-retryable, so the activity spends no attempt waiting: the workflow reads ``info`` back
+    from the details and waits with a durable timer, or takes the fallback.
+    """
+
+    def __init__(self, message: str, info: CircuitOpenInfo) -> None:
+        super().__init__(message, info.details(), type="circuit_open", non_retryable=True)
+        self.info = info
 
 
 class Breaker:
@@ -113,6 +129,10 @@ class Breaker:
         self.threshold = settings.breaker_failure_threshold
         self.window = settings.breaker_window
         self.cooldown = settings.breaker_cooldown
+        self.fallback: Literal["wait", "fail"] = (
+            "fail" if settings.breaker_fallback == "fail" else "wait"
+        )
+        self.max_wait = settings.breaker_max_wait
         self.probe_timeout = max(settings.outbound_timeout * 2, timedelta(seconds=5))
         self.alerter = alerter
         self.clock = clock
@@ -142,7 +162,7 @@ class Breaker:
             return self._row(session, name).state
 
     def admit(self, name: str) -> Admission:
-        """Let a call through, or raise ``CircuitOpen`` (retryable, with ``next_retry_delay``)."""
+        """Let a call through, or raise ``CircuitOpen`` (non-retryable, with the delay)."""
         now = self.clock()
         with self.db.session() as session:
             row = self._row(session, name)
@@ -187,13 +207,19 @@ class Breaker:
                     return Admission(probe=True)
             raise self._open_error(name, min(self.cooldown, timedelta(seconds=2)))
 
-    def _open_error(self, name: str, delay: timedelta) -> CircuitOpen:
-        delay = max(delay, timedelta(milliseconds=100))
-        return CircuitOpen(
-            f"circuit of integration '{name}' is open; next try in {delay.total_seconds():.1f}s",
-            type="circuit_open",
-            next_retry_delay=delay,
+    def _open_error(self, name: str, delay: timedelta, why: str = "is open") -> CircuitOpen:
+        info = CircuitOpenInfo(
+            delay=max(delay, MIN_DELAY), fallback=self.fallback, max_wait=self.max_wait
         )
+        return CircuitOpen(
+            f"circuit of integration '{name}' {why}; next try in {info.delay.total_seconds():.1f}s",
+            info,
+        )
+
+    def reopened(self, name: str, error: str) -> CircuitOpen:
+        """The error for a failed probe: ``failure`` opened the breaker again for a cool-down,
+        which the prober waits out like every other caller (instead of retrying at once)."""
+        return self._open_error(name, self.cooldown, f"is open again: the probe failed ({error})")
 
     def success(self, name: str) -> None:
         now = self.clock()
@@ -279,10 +305,14 @@ def call(
         )
     except httpx.HTTPError as exc:
         breaker.failure(endpoint, f"{type(exc).__name__}: {exc}")
+        if admission.probe:
+            raise breaker.reopened(endpoint, f"{type(exc).__name__}: {exc}") from exc
         raise ApplicationError(f"{name}: {url}: {exc}", type="unreachable") from exc
     status = response.status_code
     if status >= 500 or status in (408, 429):
         breaker.failure(endpoint, f"answered {status}")
+        if admission.probe:
+            raise breaker.reopened(endpoint, f"answered {status}")
         raise ApplicationError(f"{name} answered {status}", type="failed")
     # Any other answer means the endpoint is up: a probe closes the breaker.
     if admission.probe or status < 400:

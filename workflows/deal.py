@@ -18,6 +18,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.events import DeadLetterInput, DeadLetterItem
     from activities.integrations import effect_retry, effect_timeout
+    from domain.circuit import CircuitOpenInfo, gave_up, next_wait
     from domain.deal import Actor
     from domain.engine import DecisionError, Effect, Engine
     from domain.events import DealEvent
@@ -40,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         SnoozeRequest,
         TransitionReply,
         TransitionRequest,
+        WaitingEffect,
         problems_detail,
     )
     from workflows.retries import DB_RETRY
@@ -80,6 +82,8 @@ class DealWorkflow:
         self.ready = self.engine is not None
         self.wake = False
         self.in_flight = 0
+        self.waiting: dict[str, WaitingEffect] = {}
+        """In-flight effects asleep on an open circuit (by key), carried across continue-as-new."""
 
     # ------------------------------------------------------------------ main loop
 
@@ -88,6 +92,9 @@ class DealWorkflow:
         if self.engine is None:
             await self._restore()
         self.ready = True
+        if self.engine is not None:
+            for carried in inp.waiting_effects:
+                self._start_effect(self.engine, carried.effect, carried)
         while True:
             timeout = self._timeout()
             try:
@@ -113,11 +120,13 @@ class DealWorkflow:
                 # Let running updates finish, then hand over without awaiting anything more, so
                 # that no update is cut off and nothing is left unprocessed or unrecorded; what
                 # arrived meanwhile is processed first (the loop comes back here afterwards).
+                # Effects asleep on an open circuit (possibly for hours) are not waited for:
+                # they are carried, and the next run sleeps them out. Running activities are.
                 await workflow.wait_condition(
                     lambda: (
                         workflow.all_handlers_finished()
                         and not self.lock.locked()
-                        and self.in_flight == 0
+                        and self.in_flight == len(self.waiting)
                     )
                 )
                 if (
@@ -126,6 +135,7 @@ class DealWorkflow:
                     or self.outcomes
                     or self.dead
                     or self._unrecorded()
+                    or self.in_flight != len(self.waiting)  # a sleeper woke meanwhile
                 ):
                     continue
                 workflow.continue_as_new(self._carry())
@@ -161,6 +171,7 @@ class DealWorkflow:
             pipeline=self.engine.pipeline if self.engine else None,
             seen_event_ids=seen,
             pending_events=list(self.inbox),
+            waiting_effects=list(self.waiting.values()),
         )
 
     async def _restore(self) -> None:
@@ -278,31 +289,29 @@ class DealWorkflow:
             return
         effects, engine.effects = engine.effects, []
         for effect in effects:
-            self.in_flight += 1
-            asyncio.create_task(self._run_effect(engine, effect))  # noqa: RUF006
+            self._start_effect(engine, effect)
 
-    async def _run_effect(self, engine: Engine, effect: Effect) -> None:
+    def _start_effect(
+        self, engine: Engine, effect: Effect, resume: WaitingEffect | None = None
+    ) -> None:
+        self.in_flight += 1
+        asyncio.create_task(self._run_effect(engine, effect, resume))  # noqa: RUF006
+
+    async def _run_effect(
+        self, engine: Engine, effect: Effect, resume: WaitingEffect | None = None
+    ) -> None:
         try:
-            result: EffectResult | Exception = await workflow.execute_activity(
-                "run_effect",
-                EffectInput(
-                    deal_id=self.deal_id, effect=effect, test_mode=engine.pipeline.test_mode
-                ),
-                result_type=EffectResult,
-                start_to_close_timeout=effect_timeout(effect.kind),
-                retry_policy=effect_retry(effect.kind),
-            )
-        except Exception as exc:  # an ActivityError after the last retry
-            result = exc
+            result = await self._effect_outcome(engine, effect, resume)
         finally:
             self.in_flight -= 1
             self.wake = True
         now = workflow.now()
-        if isinstance(result, Exception):
+        if isinstance(result, Exception | str):
+            error = result if isinstance(result, str) else _cause(result)
             engine.record(
                 now,
                 "action_failed",
-                {"effect": effect.kind, "automation": effect.automation, "error": _cause(result)},
+                {"effect": effect.kind, "automation": effect.automation, "error": error},
             )
         else:
             engine.record(
@@ -318,6 +327,63 @@ class DealWorkflow:
             if effect.kind == "assign_owner" and result.owner:
                 engine.set_owner(now, result.owner, reason=f"automation:{effect.automation}")
         engine.touch()
+
+    async def _effect_outcome(
+        self, engine: Engine, effect: Effect, resume: WaitingEffect | None
+    ) -> EffectResult | Exception | str:
+        """The effect's result, its last error, or (a string) why it was given up.
+
+        While its integration's circuit breaker is open the activity fails at once
+        (``circuit_open``, non-retryable, spending no attempt); the effect then sleeps on a
+        durable timer until the breaker may be probed and runs again, under the same key,
+        until the waits reach ``DEALFLOW_BREAKER_MAX_WAIT`` (or at once with fallback
+        ``fail``). Histories from before (no ``circuit-wait`` marker) record the failure, as
+        they did.
+        """
+        waited = resume.waited if resume is not None else timedelta(0)
+        if resume is not None:
+            await self._sleep_on_circuit(resume)
+        while True:
+            try:
+                return await workflow.execute_activity(
+                    "run_effect",
+                    EffectInput(
+                        deal_id=self.deal_id, effect=effect, test_mode=engine.pipeline.test_mode
+                    ),
+                    result_type=EffectResult,
+                    start_to_close_timeout=effect_timeout(effect.kind),
+                    retry_policy=effect_retry(effect.kind),
+                )
+            except Exception as exc:  # an ActivityError: out of retries, or not retryable
+                info = _circuit_open(exc)
+                if info is None or not workflow.patched("circuit-wait"):
+                    return exc
+                integration = str(effect.data.get("integration", effect.kind))
+                pause = next_wait(info, waited)
+                if pause is None:
+                    return gave_up(integration, info, waited)
+                waited += pause
+                workflow.logger.info(
+                    "effect %s: circuit of integration '%s' open; waiting %ss",
+                    effect.key,
+                    integration,
+                    pause.total_seconds(),
+                )
+                await self._sleep_on_circuit(
+                    WaitingEffect(effect=effect, retry_at=workflow.now() + pause, waited=waited)
+                )
+
+    async def _sleep_on_circuit(self, waiting: WaitingEffect) -> None:
+        """A timer (no worker slot, no attempt), counted in ``waiting`` while it runs."""
+        key = waiting.effect.key
+        integration = waiting.effect.data.get("integration", waiting.effect.kind)
+        self.waiting[key] = waiting
+        try:
+            left = waiting.retry_at - workflow.now()
+            if left > timedelta(0):
+                await workflow.sleep(left, summary=f"circuit of integration '{integration}' open")
+        finally:
+            self.waiting.pop(key, None)
 
     async def _flush(self) -> None:
         if self.dead:
@@ -541,6 +607,14 @@ def _dedup_key(event: DealEvent) -> str:
     """An event's id, with ``#n`` for its n-th replay from the dead letters (so a replay is
     applied once more, exactly once); a plain id is replay 0, as carried by older runs."""
     return f"{event.event_id}#{event.replay}" if event.replay else event.event_id
+
+
+def _circuit_open(exc: BaseException) -> CircuitOpenInfo | None:
+    """What an activity failure says about its open circuit, if that is what failed it."""
+    cause = exc.cause if isinstance(exc, ActivityError) else None
+    if not isinstance(cause, ApplicationError) or cause.type != "circuit_open":
+        return None
+    return CircuitOpenInfo.from_details(cause.details[0] if cause.details else None)
 
 
 def _cause(exc: BaseException) -> str:

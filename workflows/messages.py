@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -19,6 +19,16 @@ def deal_workflow_id(deal_id: str) -> str:
     return f"deal-{deal_id}"
 
 
+class WaitingEffect(BaseModel):
+    """An effect asleep on its integration's open circuit breaker, carried across
+    continue-as-new: the next run sleeps until ``retry_at``, then runs it again."""
+
+    effect: Effect
+    retry_at: datetime
+    waited: timedelta = timedelta(0)
+    """The sleeps on open circuits so far, this one included (``DEALFLOW_BREAKER_MAX_WAIT``)."""
+
+
 class DealInput(BaseModel):
     """Start (or continue-as-new) input: everything a run needs to go on where the last stopped."""
 
@@ -27,6 +37,7 @@ class DealInput(BaseModel):
     pipeline: PipelineSnapshot | None = None
     seen_event_ids: list[str] = Field(default_factory=list)
     pending_events: list[DealEvent] = Field(default_factory=list)
+    waiting_effects: list[WaitingEffect] = Field(default_factory=list)
 
 
 class EventBatch(BaseModel):
