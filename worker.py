@@ -47,6 +47,7 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
             *processing_activities(client, db, settings, deals),
             deals.load_pipeline,
             deals.load_deal,
+            deals.load_deal_context,
             effects.run_effect,
             pipelines.go_live,
             migrations.next_batch,

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.pipeline import PipelineSnapshot
     from domain.rules import status_for
     from workflows.messages import (
+        DealContext,
         DealInput,
         DecisionReply,
         DecisionRequest,
@@ -32,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         EffectResult,
         EventBatch,
         EventOutcome,
+        LoadContextInput,
         LoadDealInput,
         LoadedDeal,
         LoadPipelineInput,
@@ -82,6 +84,8 @@ class DealWorkflow:
         self.ready = self.engine is not None
         self.wake = False
         self.in_flight = 0
+        self.preloaded: DealContext | None = None
+        """What the run's first read found (pipelines for the first ``deal.created``)."""
         self.waiting: dict[str, WaitingEffect] = {}
         """In-flight effects asleep on an open circuit (by key), carried across continue-as-new."""
 
@@ -175,14 +179,36 @@ class DealWorkflow:
         )
 
     async def _restore(self) -> None:
-        """A new run without carried state: a deal closed earlier, or the read model knows it."""
-        loaded: LoadedDeal | None = await workflow.execute_activity(
-            "load_deal",
-            LoadDealInput(deal_id=self.deal_id),
-            result_type=LoadedDeal | None,  # type: ignore[arg-type]
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=DB_RETRY,
-        )
+        """A new run without carried state: a deal closed earlier, or the read model knows it.
+
+        One activity reads the deal and the pipelines of the ``deal.created`` events already in
+        the inbox (a new deal's first batch), so creating a deal needs no second read."""
+        loaded: LoadedDeal | None
+        if workflow.patched("load-deal-context"):
+            pipeline_ids = sorted(
+                {
+                    e.data["pipeline_id"]
+                    for e in self.inbox
+                    if e.type == "deal.created" and isinstance(e.data.get("pipeline_id"), str)
+                }
+            )
+            context: DealContext = await workflow.execute_activity(
+                "load_deal_context",
+                LoadContextInput(deal_id=self.deal_id, pipeline_ids=pipeline_ids),
+                result_type=DealContext,
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
+            )
+            loaded = context.deal
+            self.preloaded = context
+        else:
+            loaded = await workflow.execute_activity(
+                "load_deal",
+                LoadDealInput(deal_id=self.deal_id),
+                result_type=LoadedDeal | None,  # type: ignore[arg-type]
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=DB_RETRY,
+            )
         if loaded is not None:
             self.engine = Engine(loaded.pipeline, loaded.state)
             self.recorded_revision = loaded.state.revision
@@ -217,16 +243,23 @@ class DealWorkflow:
         if event.type == "deal.created":
             if self.engine is not None:
                 return ok  # the deal exists: a second creation changes nothing
-            try:
-                snapshot = await workflow.execute_activity(
-                    "load_pipeline",
-                    LoadPipelineInput(pipeline_id=data["pipeline_id"]),
-                    result_type=PipelineSnapshot,
-                    start_to_close_timeout=timedelta(seconds=30),
-                    retry_policy=DB_RETRY,
-                )
-            except ActivityError as exc:
-                return self._dead(event, _cause(exc))
+            pipeline_id = data["pipeline_id"]
+            preloaded, self.preloaded = self.preloaded, None  # read once, for the first creation
+            if preloaded is not None and pipeline_id in preloaded.pipelines:
+                snapshot = preloaded.pipelines[pipeline_id]
+            elif preloaded is not None and pipeline_id in preloaded.pipeline_errors:
+                return self._dead(event, preloaded.pipeline_errors[pipeline_id])
+            else:
+                try:
+                    snapshot = await workflow.execute_activity(
+                        "load_pipeline",
+                        LoadPipelineInput(pipeline_id=pipeline_id),
+                        result_type=PipelineSnapshot,
+                        start_to_close_timeout=timedelta(seconds=30),
+                        retry_policy=DB_RETRY,
+                    )
+                except ActivityError as exc:
+                    return self._dead(event, _cause(exc))
             engine, problems = Engine.create(
                 snapshot,
                 deal_id=self.deal_id,

@@ -94,6 +94,21 @@ class LoadedDeal(BaseModel):
     pipeline: PipelineSnapshot
 
 
+class LoadContextInput(BaseModel):
+    """A new run's one read: the deal (if the read model knows it) and the pipelines its first
+    events create it in."""
+
+    deal_id: str
+    pipeline_ids: list[str] = Field(default_factory=list)
+
+
+class DealContext(BaseModel):
+    deal: LoadedDeal | None = None
+    pipelines: dict[str, PipelineSnapshot] = Field(default_factory=dict)
+    pipeline_errors: dict[str, str] = Field(default_factory=dict)
+    """Why a pipeline could not be loaded (it does not exist, or lacks the version)."""
+
+
 class RecordInput(BaseModel):
     state: EngineState | None = None
     history: list[HistoryEntry] = Field(default_factory=list)

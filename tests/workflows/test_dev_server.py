@@ -9,6 +9,7 @@ import time
 import pytest
 from sqlalchemy import func, text
 from sqlmodel import select
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -79,6 +80,35 @@ async def test_operators_find_deals_by_stage_and_rotting(
         assert await listed(client, scoped + 'DealStage="proposal"') == {f"deal-{deal}"}
         assert await listed(client, scoped + 'DealStage="lead"') == {f"deal-{other}"}
         assert deal_row(db, deal).is_rotting
+
+
+async def scheduled_activities(handle) -> list[str]:  # type: ignore[no-untyped-def]
+    names = []
+    async for ev in handle.fetch_history_events():
+        if ev.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            names.append(ev.activity_task_scheduled_event_attributes.activity_type.name)
+    return names
+
+
+async def test_a_new_deal_costs_one_read_and_one_write(
+    dev_env: WorkflowEnvironment, sqlite_db: Database, task_queue: str, run_worker
+) -> None:
+    """The deal and its pipeline are read by one activity (the Temporal actions of a new deal
+    are the ceiling of processing); an unknown pipeline still dead-letters the creation."""
+    client, db = dev_env.client, sqlite_db
+    pipeline = create_pipeline(db, SPEC)
+    deal, orphan = new_id("deal"), new_id("deal")
+    async with run_worker(client, db):
+        handle = await send(client, task_queue, deal, [created(deal, pipeline)])
+        lost = created(orphan, "pl_does_not_exist")
+        orphan_handle = await send(client, task_queue, orphan, [lost])
+        await eventually(lambda: deal_row(db, deal), "the deal")
+        assert await scheduled_activities(handle) == ["load_deal_context", "record_deal"]
+        assert await orphan_handle.result() == "no deal"
+        assert await scheduled_activities(orphan_handle) == [
+            "load_deal_context",
+            "dead_letter_events",
+        ]
 
 
 TOTAL = 20_000
