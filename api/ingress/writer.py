@@ -1,6 +1,10 @@
 """Group commit: concurrent webhook requests share one transaction (one fsync) per flush.
 
-Each request awaits its own future, so nobody is answered 202 before its row is committed.
+Each request awaits its own future, so nobody is answered 202 before its row is committed. On
+PostgreSQL a few flushes run at once (``PG_FLUSHES``): while one transaction waits for its
+commit, the next batch is already being inserted. SQLite has one writer, so one flush at a time.
+Only requests that were in flight together can commit out of arrival order, and those carry no
+order from their sender anyway: an event sent after another's 202 always lands after it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from store.events import NewEvent, accept_many
 
 log = logging.getLogger("dealflow.ingress")
 MAX_BATCH = 512
+PG_FLUSHES = 4
 
 
 class EventWriter:
@@ -26,6 +31,8 @@ class EventWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._slots = asyncio.Semaphore(PG_FLUSHES if db.dialect == "postgresql" else 1)
+        self._flushing: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="event-writer")
@@ -44,10 +51,22 @@ class EventWriter:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
+                await self._slots.acquire()  # the batch grows while every slot is busy
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                await self._flush(batch)
+                task = asyncio.create_task(self._flush_in_slot(batch))
+                self._flushing.add(task)
+                task.add_done_callback(self._flushing.discard)
             if self._closed:
+                await asyncio.gather(*self._flushing)
                 return
+
+    async def _flush_in_slot(
+        self, batch: list[tuple[NewEvent, asyncio.Future[tuple[str, bool]]]]
+    ) -> None:
+        try:
+            await self._flush(batch)
+        finally:
+            self._slots.release()
 
     async def _flush(self, batch: list[tuple[NewEvent, asyncio.Future[tuple[str, bool]]]]) -> None:
         events = [ev for ev, _ in batch]
