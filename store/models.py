@@ -75,9 +75,13 @@ class Pipeline(SQLModel, table=True):
     name: str = Field(max_length=200)
     current_version: int = 1
     active_version: int | None = None
+    """The version new deals get (until ``go_live_at``, if ``scheduled_version`` is set)."""
     status: str = Field(default="draft", max_length=20)
     test_mode: bool = False
     go_live_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    scheduled_version: int | None = None
+    """A new version of a live pipeline that takes over from ``go_live_at`` on
+    (``domain.activation.effective_version``); the go-live timer then makes it active."""
     created_by: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -1,5 +1,5 @@
 """The Alembic migrations, on SQLite and PostgreSQL: head matches the models (nothing for
-autogenerate to add), and the newest revision downgrades and upgrades again cleanly."""
+autogenerate to add), and the newest revisions downgrade and upgrade again cleanly."""
 
 from __future__ import annotations
 
@@ -50,8 +50,16 @@ def schema(url: str) -> tuple[set[str], set[str]]:
         engine.dispose()
 
 
+def pipeline_columns(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return {c["name"] for c in inspect(engine).get_columns("pipelines")}
+    finally:
+        engine.dispose()
+
+
 def test_one_head_and_it_matches_the_models(migrated_url: str) -> None:
-    assert ScriptDirectory.from_config(alembic_config(migrated_url)).get_heads() == ["0004"]
+    assert ScriptDirectory.from_config(alembic_config(migrated_url)).get_heads() == ["0005"]
     assert drift(migrated_url) == []
 
 
@@ -63,4 +71,15 @@ def test_the_alert_outbox_downgrades_and_upgrades_again(migrated_url: str) -> No
     assert "alerts" not in tables and "ix_events_processed_at" not in indexes
     assert "events" in tables and "deal_migrations" in tables
     upgrade(migrated_url)
+    assert drift(migrated_url) == []
+
+
+def test_the_scheduled_version_downgrades_and_upgrades_again(migrated_url: str) -> None:
+    assert "scheduled_version" in pipeline_columns(migrated_url)
+    command.downgrade(alembic_config(migrated_url), "0004")
+    columns = pipeline_columns(migrated_url)
+    assert "scheduled_version" not in columns
+    assert {"active_version", "go_live_at", "status"} <= columns
+    upgrade(migrated_url)
+    assert "scheduled_version" in pipeline_columns(migrated_url)
     assert drift(migrated_url) == []
