@@ -9,7 +9,7 @@ from sqlmodel import select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from domain.activation import effective_activation
+from domain.activation import effective_activation, effective_version
 from domain.engine import Engine, EngineState
 from domain.pipeline import PipelineSnapshot, PipelineSpec
 from store.db import Database
@@ -32,7 +32,13 @@ def load_snapshot(db: Database, pipeline_id: str, version: int | None = None) ->
             raise ApplicationError(
                 f"pipeline {pipeline_id} does not exist", type="not_found", non_retryable=True
             )
-        wanted = version or pipeline.active_version or pipeline.current_version
+        now = datetime.now(UTC)
+        # A new deal gets the version in effect now: a scheduled one from its go_live_at on,
+        # even before the go-live timer has recorded it.
+        in_effect = effective_version(
+            pipeline.active_version, pipeline.scheduled_version, pipeline.go_live_at, now
+        )
+        wanted = version or in_effect or pipeline.current_version
         row = session.exec(
             select(PipelineVersion).where(
                 PipelineVersion.pipeline_id == pipeline_id, PipelineVersion.version == wanted
@@ -45,7 +51,11 @@ def load_snapshot(db: Database, pipeline_id: str, version: int | None = None) ->
                 non_retryable=True,
             )
         _, test_mode = effective_activation(
-            pipeline.status, pipeline.test_mode, pipeline.go_live_at, datetime.now(UTC)
+            pipeline.status,
+            pipeline.test_mode,
+            pipeline.go_live_at,
+            now,
+            pipeline.scheduled_version,
         )
         return PipelineSnapshot(
             pipeline_id=pipeline_id,

@@ -1,8 +1,11 @@
 """``pipeline-golive-{id}``: waits for a pipeline's go-live date, then makes it live.
 
-The API also derives the status from ``go_live_at`` on every read, so a go-live is visible on
-time even if this timer runs late; the workflow is what records it (status, test mode off,
-audit entry) and what an operator sees waiting in the Temporal Web UI.
+Either a first go-live (a ``scheduled`` pipeline) or a new version of a live pipeline taking
+over from the live one (``scheduled_version``; ``version`` here). The API and ``load_snapshot``
+also derive the status and the version in effect from ``go_live_at`` on every read, so a go-live
+is visible on time even if this timer runs late; the workflow is what records it (active
+version, status, test mode off, audit entry) and what an operator sees waiting in the Temporal
+Web UI. Activating the pipeline at once cancels it.
 """
 
 from __future__ import annotations

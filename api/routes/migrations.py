@@ -23,6 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api.auth import Admin, Ctx, Viewer
 from api.problems import ProblemError
 from dealflow.ids import new_id
+from domain.activation import effective_version
 from domain.pipeline import PipelineSpec
 from store.models import Deal, Migration, Pipeline, PipelineVersion
 from workflows.migration import MigrationInput, Progress, migration_workflow_id
@@ -40,8 +41,9 @@ class MigrationFilter(BaseModel):
 
 class MigrationBody(BaseModel):
     """``stage_map`` maps each stage of the source pipeline that deals are in to a stage of the
-    target (``to_pipeline_id``, default the same pipeline; ``to_version``, default its active
-    version, else its current one)."""
+    target (``to_pipeline_id``, default the same pipeline; ``to_version``, default the version
+    new deals get now: its active one, or a scheduled one once its go-live is reached; else its
+    current one)."""
 
     model_config = ConfigDict(extra="forbid")
     to_pipeline_id: str | None = Field(None, min_length=1, max_length=40)
@@ -111,7 +113,10 @@ def _plan(session, pipeline_id: str, body: MigrationBody) -> dict[str, Any]:  # 
             }
         )
     else:
-        target_version = body.to_version or target.active_version or target.current_version
+        in_effect = effective_version(
+            target.active_version, target.scheduled_version, target.go_live_at, _now()
+        )
+        target_version = body.to_version or in_effect or target.current_version
         version = session.exec(
             select(PipelineVersion).where(
                 PipelineVersion.pipeline_id == target_id,

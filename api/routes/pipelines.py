@@ -20,11 +20,18 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.auth import Admin, Ctx, Viewer
 from api.problems import ProblemError
 from dealflow.ids import new_id
-from domain.activation import effective_activation
+from domain.activation import (
+    PendingGoLive,
+    effective_activation,
+    effective_version,
+    is_live,
+    pending_go_live,
+)
 from domain.deal import Problem
 from domain.diff import diff_specs
 from domain.durations import format_duration
@@ -109,21 +116,48 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _activation(row: Pipeline, now: datetime) -> tuple[str, bool]:
+    """The pipeline's ``(status, test_mode)`` in effect at ``now``."""
+    return effective_activation(
+        row.status, row.test_mode, row.go_live_at, now, row.scheduled_version
+    )
+
+
+def _active_version(row: Pipeline, now: datetime) -> int | None:
+    """The version new deals get at ``now`` (``None``: never activated, they get the current)."""
+    return effective_version(row.active_version, row.scheduled_version, row.go_live_at, now)
+
+
+def _pending(row: Pipeline, now: datetime) -> PendingGoLive | None:
+    return pending_go_live(
+        row.status, row.active_version, row.scheduled_version, row.go_live_at, now
+    )
+
+
+def _pending_out(pending: PendingGoLive | None) -> dict[str, Any] | None:
+    if pending is None:
+        return None
+    return {"version": pending.version, "go_live_at": pending.go_live_at.isoformat()}
+
+
 def pipeline_out(
     row: Pipeline, version: PipelineVersion, now: datetime | None = None
 ) -> dict[str, Any]:
+    """The pipeline as of ``now``: ``active_version``, ``status`` and ``test_mode`` are the ones
+    in effect then (a scheduled version from its ``go_live_at`` on, even if the go-live timer has
+    not run yet); ``scheduled`` is the go-live still to come, if any."""
+    now = now or _now()
     spec = PipelineSpec.model_validate(version.spec).model_dump(mode="json")
-    status, test_mode = effective_activation(
-        row.status, row.test_mode, row.go_live_at, now or _now()
-    )
+    status, test_mode = _activation(row, now)
     return {
         "id": row.id,
         "version": version.version,
         "current_version": row.current_version,
-        "active_version": row.active_version,
+        "active_version": _active_version(row, now),
         "status": status,
         "test_mode": test_mode,
         "go_live_at": row.go_live_at.isoformat() if row.go_live_at else None,
+        "scheduled": _pending_out(_pending(row, now)),
         "created_at": row.created_at.isoformat(),
         "updated_at": row.updated_at.isoformat(),
         "version_created_by": version.created_by,
@@ -340,7 +374,9 @@ def reorder(pipeline_id: str, ctx: Ctx, principal: Admin, body: ReorderBody) -> 
 
 @router.get(BASE + "/{pipeline_id}/versions")
 def versions(pipeline_id: str, ctx: Ctx, _: Viewer) -> dict[str, Any]:
-    """Every version, oldest first, with who made it, when, and what it changed."""
+    """Every version, oldest first, with who made it, when, and what it changed; ``active``: the
+    one new deals get now, ``scheduled``: the one that goes live at the pending go-live."""
+    now = _now()
     with ctx.db.session() as session:
         row = _pipeline(session, pipeline_id)
         rows = session.exec(
@@ -348,6 +384,8 @@ def versions(pipeline_id: str, ctx: Ctx, _: Viewer) -> dict[str, Any]:
             .where(PipelineVersion.pipeline_id == pipeline_id)
             .order_by(col(PipelineVersion.version))
         ).all()
+    active = _active_version(row, now)
+    pending = _pending(row, now)
     out = []
     previous: PipelineVersion | None = None
     for version in rows:
@@ -357,7 +395,8 @@ def versions(pipeline_id: str, ctx: Ctx, _: Viewer) -> dict[str, Any]:
                 "created_by": version.created_by,
                 "created_at": version.created_at.isoformat(),
                 "current": version.version == row.current_version,
-                "active": version.version == row.active_version,
+                "active": version.version == active,
+                "scheduled": pending is not None and version.version == pending.version,
                 "summary": diff_specs(previous.spec, version.spec)["summary"]
                 if previous is not None
                 else "created",
@@ -421,11 +460,17 @@ def audit(pipeline_id: str, ctx: Ctx, _: Viewer) -> dict[str, Any]:
 def activate(
     pipeline_id: str, ctx: Ctx, principal: Admin, body: ActivateBody | None = None
 ) -> dict[str, Any]:
-    """Make the current version the one new deals get.
+    """Make the current version the one new deals get, now or at ``go_live_at``.
 
-    ``test_mode: true`` records effects instead of running them (status ``test``); a future
-    ``go_live_at`` makes the status ``scheduled`` (or ``test``, with test mode) until that instant
-    and ``active`` (test mode off) from then on. Activating again switches test mode off or on.
+    ``test_mode: true`` records effects instead of running them (status ``test``). A future
+    ``go_live_at`` on a pipeline that is live on another version (``active`` or ``test``)
+    schedules the current version: the live version stays in effect, with its status, until
+    that instant, then the scheduled one takes over (``active``, test mode off); ``scheduled``
+    in the answer shows it meanwhile. On a pipeline not live yet (or live on this very version)
+    a future ``go_live_at`` makes the status ``scheduled`` (or ``test``, with test mode) until
+    that instant and ``active`` (test mode off) from then on. Activating again without a future
+    ``go_live_at`` takes effect at once, switches test mode off or on and drops any pending
+    go-live.
     """
     body = body or ActivateBody()
     now = _now()
@@ -436,36 +481,67 @@ def activate(
             "go_live_at needs a time zone (RFC 3339, e.g. 2025-01-06T09:00:00Z)",
             errors=[{"loc": ["body", "go_live_at"], "msg": "a time zone is required"}],
         )
+    later = go_live_at is not None and go_live_at > now
     with ctx.db.session() as session:
         row = _pipeline(session, pipeline_id)
-        row.active_version = row.current_version
-        row.test_mode = body.test_mode
-        row.go_live_at = go_live_at
-        if go_live_at is not None and go_live_at > now:
-            row.status = "scheduled"
-        elif body.test_mode:
-            row.status = "test"
+        before = _pending(row, now)
+        live_version = _active_version(row, now)
+        live_status, live_test_mode = _activation(row, now)
+        live = is_live(row.status, row.active_version, row.scheduled_version, row.go_live_at, now)
+        if later and live and live_version != row.current_version:
+            if body.test_mode and not live_test_mode:
+                raise ProblemError(
+                    422,
+                    f"pipeline {pipeline_id} is live on version {live_version}, which stays "
+                    f"live until go_live_at; version {row.current_version} then takes over "
+                    "with test mode off, so test mode cannot apply to it before. Try it with "
+                    "POST …/simulate, or activate it in test mode now (without go_live_at)",
+                    errors=[
+                        {
+                            "loc": ["body", "test_mode"],
+                            "msg": "not with a future go_live_at on a live pipeline",
+                            "code": "test_mode_before_go_live",
+                        }
+                    ],
+                )
+            # The live version stays as it is in effect now (a go-live reached that the timer
+            # has not recorded yet is recorded here, before go_live_at moves).
+            row.active_version = live_version
+            row.status = live_status
+            row.test_mode = live_test_mode
+            row.scheduled_version = row.current_version
         else:
-            row.status = "active"
+            row.active_version = row.current_version
+            row.scheduled_version = None
+            row.test_mode = body.test_mode
+            if later:
+                row.status = "scheduled"
+            elif body.test_mode:
+                row.status = "test"
+            else:
+                row.status = "active"
+        row.go_live_at = go_live_at
         row.updated_at = now
         session.add(row)
-        status, test_mode = effective_activation(row.status, row.test_mode, row.go_live_at, now)
-        _audit(
-            session,
-            principal.subject,
-            "pipeline.activated",
-            pipeline_id,
-            {
-                "version": row.current_version,
-                "status": status,
-                "test_mode": test_mode,
-                "go_live_at": go_live_at.isoformat() if go_live_at else None,
-            },
-        )
+        status, test_mode = _activation(row, now)
+        after = _pending(row, now)
+        data: dict[str, Any] = {
+            "version": row.current_version,
+            "status": status,
+            "test_mode": test_mode,
+            "go_live_at": go_live_at.isoformat() if go_live_at else None,
+            "active_version": _active_version(row, now),
+            "scheduled": _pending_out(after),
+        }
+        if before is not None and before != after:
+            data["replaced_schedule"] = _pending_out(before)
+        _audit(session, principal.subject, "pipeline.activated", pipeline_id, data)
         session.commit()
         out = pipeline_out(row, _version(session, pipeline_id, row.current_version), now)
-    if go_live_at is not None and go_live_at > now:
-        anyio.from_thread.run(_schedule_go_live, ctx, pipeline_id, out["version"], go_live_at)
+    if after is not None:
+        anyio.from_thread.run(_schedule_go_live, ctx, pipeline_id, after.version, after.go_live_at)
+    elif before is not None:
+        anyio.from_thread.run(_cancel_go_live, ctx, pipeline_id)
     return out
 
 
@@ -481,10 +557,24 @@ async def _schedule_go_live(ctx: Any, pipeline_id: str, version: int, at: dateti
             id=go_live_workflow_id(pipeline_id),
             task_queue=ctx.settings.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.TERMINATE_EXISTING,
-            static_summary=f"Go-live of pipeline {pipeline_id} at {at.isoformat()}",
+            static_summary=f"Go-live of pipeline {pipeline_id} v{version} at {at.isoformat()}",
         )
     except Exception as exc:  # the read-side derivation still makes it live on time
         log.warning("could not schedule the go-live of %s: %s", pipeline_id, exc)
+
+
+async def _cancel_go_live(ctx: Any, pipeline_id: str) -> None:
+    """Cancel the timer of a go-live that is no longer wanted. If this fails (Temporal down),
+    the timer's activity finds the schedule changed and does nothing."""
+    if ctx.temporal is None:
+        return
+    try:
+        await ctx.temporal.get_workflow_handle(go_live_workflow_id(pipeline_id)).cancel()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: it has finished already
+            log.warning("could not cancel the go-live of %s: %s", pipeline_id, exc.message)
+    except Exception as exc:
+        log.warning("could not cancel the go-live of %s: %s", pipeline_id, exc)
 
 
 # --------------------------------------------------------------------------- simulation
@@ -511,7 +601,7 @@ def simulate_route(
     with ctx.db.session() as session:
         row = _pipeline(session, pipeline_id)
         found = _version(session, pipeline_id, version or row.current_version)
-    _, test_mode = effective_activation(row.status, row.test_mode, row.go_live_at, _now())
+    _, test_mode = _activation(row, _now())
     snapshot = PipelineSnapshot(
         pipeline_id=pipeline_id,
         version=found.version,

@@ -268,6 +268,8 @@ def test_test_mode_is_visible_and_switchable_and_go_live_is_scheduled(papi: Api)
     )
     assert (resp.json()["status"], resp.json()["test_mode"]) == ("test", True)
     assert datetime.fromisoformat(resp.json()["go_live_at"]) == future
+    # The same version as the live one: no version to switch, v1 goes live (again) then.
+    assert resp.json()["scheduled"]["version"] == 1
     resp = papi.call(
         "POST", f"/v1/pipelines/{pid}/activate", json={"go_live_at": future.isoformat()}
     )
@@ -283,6 +285,7 @@ def test_test_mode_is_visible_and_switchable_and_go_live_is_scheduled(papi: Api)
         session.commit()
     shown = papi.call("GET", f"/v1/pipelines/{pid}", as_="viewer").json()
     assert (shown["status"], shown["test_mode"]) == ("active", False)
+    assert shown["scheduled"] is None
 
     with papi.db.session() as session:
         rows = session.exec(
@@ -300,6 +303,142 @@ def test_test_mode_is_visible_and_switchable_and_go_live_is_scheduled(papi: Api)
         "POST", f"/v1/pipelines/{pid}/activate", json={"go_live_at": "2025-01-01T00:00:00"}
     )
     assert resp.status_code == 422
+
+
+def _live_on_v1_with_v2_saved(papi: Api, *, test_mode: bool = False) -> str:
+    pid = papi.create(body())["id"]
+    resp = papi.call("POST", f"/v1/pipelines/{pid}/activate", json={"test_mode": test_mode})
+    assert resp.status_code == 200, resp.text
+    changed = body()
+    changed["stages"].insert(2, {"key": "demo", "name": "Demo", "probability": 45})
+    resp = papi.call("PUT", f"/v1/pipelines/{pid}", json=changed)
+    assert resp.status_code == 200 and resp.json()["version"] == 2, resp.text
+    return pid
+
+
+def _move_go_live_into_the_past(papi: Api, pid: str) -> None:
+    """The go-live instant passes without the timer (Temporal is down for this server)."""
+    with papi.db.session() as session:
+        row = session.get(Pipeline, pid)
+        assert row is not None
+        row.go_live_at = datetime.now(UTC) - timedelta(seconds=1)
+        session.add(row)
+        session.commit()
+
+
+def _default_migration_target(papi: Api, pid: str) -> int:
+    resp = papi.call("POST", f"/v1/pipelines/{pid}/migrations", json={"stage_map": {}})
+    assert resp.status_code == 200, resp.text
+    return resp.json()["to_version"]
+
+
+def test_a_new_version_scheduled_on_a_live_pipeline_takes_over_at_go_live(papi: Api):
+    from activities.deals import load_snapshot
+
+    pid = _live_on_v1_with_v2_saved(papi)
+    future = (datetime.now(UTC) + timedelta(days=5)).replace(microsecond=0)
+    resp = papi.call(
+        "POST", f"/v1/pipelines/{pid}/activate", json={"go_live_at": future.isoformat()}
+    )
+    assert resp.status_code == 200, resp.text
+    for shown in (resp.json(), papi.call("GET", f"/v1/pipelines/{pid}", as_="viewer").json()):
+        assert (shown["active_version"], shown["current_version"]) == (1, 2)
+        assert (shown["status"], shown["test_mode"]) == ("active", False)
+        assert shown["scheduled"]["version"] == 2
+        assert datetime.fromisoformat(shown["scheduled"]["go_live_at"]) == future
+    versions = papi.call("GET", f"/v1/pipelines/{pid}/versions", as_="viewer").json()["data"]
+    assert [(v["version"], v["active"], v["scheduled"]) for v in versions] == [
+        (1, True, False),
+        (2, False, True),
+    ]
+    snapshot = load_snapshot(papi.db, pid)  # what a new deal gets
+    assert (snapshot.version, snapshot.test_mode) == (1, False)
+    assert "demo" not in [s.key for s in snapshot.spec.stages]
+    assert _default_migration_target(papi, pid) == 1
+    with papi.db.session() as session:
+        row = session.get(Pipeline, pid)
+        assert row is not None
+        assert (row.status, row.active_version, row.scheduled_version) == ("active", 1, 2)
+        audit = session.exec(
+            select(AuditEntry)
+            .where(AuditEntry.target == pid, AuditEntry.action == "pipeline.activated")
+            .order_by(AuditEntry.id)  # type: ignore[arg-type]
+        ).all()
+    assert audit[-1].data["status"] == "active" and audit[-1].data["active_version"] == 1
+    assert audit[-1].data["scheduled"] == {"version": 2, "go_live_at": future.isoformat()}
+
+    _move_go_live_into_the_past(papi, pid)
+    shown = papi.call("GET", f"/v1/pipelines/{pid}", as_="viewer").json()
+    assert (shown["active_version"], shown["status"], shown["scheduled"]) == (2, "active", None)
+    versions = papi.call("GET", f"/v1/pipelines/{pid}/versions", as_="viewer").json()["data"]
+    assert [(v["version"], v["active"], v["scheduled"]) for v in versions] == [
+        (1, False, False),
+        (2, True, False),
+    ]
+    snapshot = load_snapshot(papi.db, pid)
+    assert (snapshot.version, snapshot.test_mode) == (2, False)
+    assert "demo" in [s.key for s in snapshot.spec.stages]
+    assert load_snapshot(papi.db, pid, 1).version == 1  # a deal on v1 stays on v1
+    assert _default_migration_target(papi, pid) == 2
+
+
+def test_a_live_pipeline_in_test_mode_stays_in_test_until_the_new_version_goes_live(papi: Api):
+    from activities.deals import load_snapshot
+
+    pid = _live_on_v1_with_v2_saved(papi, test_mode=True)
+    future = datetime.now(UTC) + timedelta(days=5)
+    resp = papi.call(
+        "POST",
+        f"/v1/pipelines/{pid}/activate",
+        json={"go_live_at": future.isoformat(), "test_mode": True},
+    )
+    assert resp.status_code == 200, resp.text
+    shown = resp.json()
+    assert (shown["active_version"], shown["status"], shown["test_mode"]) == (1, "test", True)
+    assert shown["scheduled"]["version"] == 2
+    assert (load_snapshot(papi.db, pid).version, load_snapshot(papi.db, pid).test_mode) == (
+        1,
+        True,
+    )
+    _move_go_live_into_the_past(papi, pid)
+    shown = papi.call("GET", f"/v1/pipelines/{pid}", as_="viewer").json()
+    assert (shown["active_version"], shown["status"], shown["test_mode"]) == (2, "active", False)
+    snapshot = load_snapshot(papi.db, pid)
+    assert (snapshot.version, snapshot.test_mode) == (2, False)
+
+
+def test_activating_now_drops_the_scheduled_version(papi: Api):
+    pid = _live_on_v1_with_v2_saved(papi)
+    future = datetime.now(UTC) + timedelta(days=5)
+    # Test mode cannot apply to a version before it goes live: v1 stays live meanwhile.
+    resp = papi.call(
+        "POST",
+        f"/v1/pipelines/{pid}/activate",
+        json={"go_live_at": future.isoformat(), "test_mode": True},
+    )
+    assert errors(resp) == [(("body", "test_mode"), "test_mode_before_go_live")]
+    shown = papi.call("GET", f"/v1/pipelines/{pid}", as_="viewer").json()
+    assert (shown["active_version"], shown["scheduled"]) == (1, None)
+
+    resp = papi.call(
+        "POST", f"/v1/pipelines/{pid}/activate", json={"go_live_at": future.isoformat()}
+    )
+    assert resp.json()["scheduled"]["version"] == 2
+    resp = papi.call("POST", f"/v1/pipelines/{pid}/activate", json={})
+    assert resp.status_code == 200, resp.text
+    shown = resp.json()
+    assert (shown["active_version"], shown["status"], shown["scheduled"]) == (2, "active", None)
+    assert shown["go_live_at"] is None
+    with papi.db.session() as session:
+        row = session.get(Pipeline, pid)
+        assert row is not None and (row.active_version, row.scheduled_version) == (2, None)
+        last = session.exec(
+            select(AuditEntry)
+            .where(AuditEntry.target == pid, AuditEntry.action == "pipeline.activated")
+            .order_by(AuditEntry.id.desc())  # type: ignore[union-attr]
+        ).first()
+    assert last is not None and last.data["scheduled"] is None
+    assert last.data["replaced_schedule"]["version"] == 2
 
 
 # --------------------------------------------------------------------------- simulation
