@@ -96,14 +96,18 @@ def _sign(args: argparse.Namespace) -> int:
     from domain.signatures import sign
 
     body = sys.stdin.buffer.read() if args.body == "-" else args.body.encode()
-    headers = sign(
-        args.scheme,
-        args.secret,
-        body,
-        delivery_id=args.id or f"msg_{uuid.uuid4().hex}",
-        timestamp=int(time.time()),
-        event_type=args.event_type,
-    )
+    try:
+        headers = sign(
+            args.scheme,
+            args.secret,
+            body,
+            delivery_id=args.id or f"msg_{uuid.uuid4().hex}",
+            timestamp=int(time.time()),
+            event_type=args.event_type,
+        )
+    except ValueError as exc:  # an empty or malformed secret: say so, no traceback
+        print(f"dealflow sign: {exc}", file=sys.stderr)
+        return 2
     print(" ".join(f"-H {name}:{value}" for name, value in headers.items()))
     return 0
 
