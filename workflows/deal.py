@@ -395,6 +395,20 @@ class DealWorkflow:
                 pause = next_wait(info, waited)
                 if pause is None:
                     return gave_up(integration, info, waited)
+                if waited == timedelta(0) and workflow.patched("circuit-wait-history"):
+                    # Once per call: the deal's history says why its action is late.
+                    engine.record(
+                        workflow.now(),
+                        "action_waiting",
+                        {
+                            "effect": effect.kind,
+                            "automation": effect.automation,
+                            "integration": integration,
+                            "reason": f"circuit of integration '{integration}' open",
+                            "max_wait_seconds": info.max_wait.total_seconds(),
+                        },
+                    )
+                    self.wake = True  # the main loop records it
                 waited += pause
                 workflow.logger.info(
                     "effect %s: circuit of integration '%s' open; waiting %ss",

@@ -247,6 +247,12 @@ async def test_while_the_circuit_is_open_the_call_waits_on_timers_then_succeeds(
             # Down for several cool-downs: the call is waiting, not failed.
             await _until(waited_three_times, "three waits on the open circuit")
             assert not history(db, deal, "action_failed")
+            # The deal's history says why (once, however long it waits).
+            [waiting] = await eventually(
+                lambda: history(db, deal, "action_waiting"), "the waiting entry"
+            )
+            assert waiting.data["integration"] == name
+            assert "circuit" in waiting.data["reason"]
             assert Breaker(db, config).state(f"{name} {crm.url}") != "closed"
             crm.answer(200)  # the integration recovers
             [ran] = await eventually(lambda: history(db, deal, "action_run"), "the call", 800)
@@ -256,6 +262,8 @@ async def test_while_the_circuit_is_open_the_call_waits_on_timers_then_succeeds(
             await _replays(handle)
     assert not history(db, deal, "action_failed")
     assert ran.data["detail"] == f"{name} answered 200"
+    assert len(history(db, deal, "action_waiting")) == 1
+    assert history(db, deal, "action_waiting")[0].seq < ran.seq
     # Run, wait, run, wait, ..., run: a durable timer between every two runs of the activity.
     assert timeline == ["run", "wait"] * (len(runs) - 1) + ["run"]
     assert len(runs) >= 4
