@@ -162,6 +162,9 @@ def claim(db: Database, limit: int, now: datetime, lease: timedelta) -> list[dic
     c = EVENTS.c
     cutoff = now - lease
     waiting = (c.status == "accepted") | ((c.status == "queued") & (c.queued_at < cutoff))
+    with db.engine.connect() as conn:  # a read first: an idle relay takes no write lock
+        if conn.execute(select(c.id).where(waiting).limit(1)).first() is None:
+            return []
     candidates = select(c.id).where(waiting).order_by(c.received_at, c.id).limit(limit)
     if db.dialect == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
