@@ -109,10 +109,23 @@ def statuses(db_path: Path) -> dict[str, int]:
         return dict(conn.execute("SELECT status, count(*) FROM events GROUP BY status").fetchall())
 
 
-def latencies(db_path: Path, source_id: str) -> list[float]:
+def latencies(db_path: Path, source_id: str, since: str = "received_at") -> list[float]:
+    """Seconds from ``since`` (the 202: ``received_at``; the relay's claim: ``queued_at``) to
+    the outcome, per processed event of the source."""
     with sqlite3.connect(db_path, timeout=30) as conn:
         rows = conn.execute(
-            "SELECT (julianday(processed_at) - julianday(received_at)) * 86400.0 FROM events "
+            f"SELECT (julianday(processed_at) - julianday({since})) * 86400.0 FROM events "
+            "WHERE source_id = ? AND status = 'processed'",
+            (source_id,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def handoff_latencies(db_path: Path, source_id: str) -> list[float]:
+    """Seconds from the 202 to the relay's claim, per processed event of the source."""
+    with sqlite3.connect(db_path, timeout=30) as conn:
+        rows = conn.execute(
+            "SELECT (julianday(queued_at) - julianday(received_at)) * 86400.0 FROM events "
             "WHERE source_id = ? AND status = 'processed'",
             (source_id,),
         ).fetchall()
@@ -324,6 +337,13 @@ async def main() -> None:
                 f"below saturation ({paced:,.0f} events/s offered, {n} events): "
                 f"webhook-to-applied p50 {q[49] * 1000:,.0f} ms, p95 {q[94] * 1000:,.0f} ms, "
                 f"mean {statistics.fmean(lat) * 1000:,.0f} ms"
+            )
+            hand = statistics.quantiles(handoff_latencies(db_path, src2["id"]), n=100)
+            flow = statistics.quantiles(latencies(db_path, src2["id"], "queued_at"), n=100)
+            print(
+                f"  of which 202 -> relay claim p50 {hand[49] * 1000:,.0f} ms, "
+                f"p95 {hand[94] * 1000:,.0f} ms; claim -> applied p50 {flow[49] * 1000:,.0f} ms, "
+                f"p95 {flow[94] * 1000:,.0f} ms"
             )
     finally:
         for p in procs:
