@@ -74,6 +74,10 @@ class ReplayBatchResult(BaseModel):
 class ReconcileInput(BaseModel):
     stuck_after_seconds: float
     deals_limit: int = 1000
+    query_limit: int = 200
+    """Open deals whose workflow is queried per run (most recently updated first). A query of a
+    workflow out of the worker's cache replays its history, so each run asks a bounded few,
+    four at a time, to leave the worker to the deals."""
 
 
 class ReconcileReport(BaseModel):
@@ -440,9 +444,9 @@ class EventActivities:
         import asyncio
 
         assert self.client is not None
-        rows = await asyncio.to_thread(self._open_deals, inp.deals_limit)
+        rows = await asyncio.to_thread(self._open_deals, inp.query_limit)
         report = ReconcileReport(deals_checked=len(rows))
-        sem = asyncio.Semaphore(16)
+        sem = asyncio.Semaphore(4)
 
         async def check(deal_id: str, revision: int) -> None:
             async with sem:
