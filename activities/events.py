@@ -75,9 +75,9 @@ class ReconcileInput(BaseModel):
     stuck_after_seconds: float
     deals_limit: int = 1000
     query_limit: int = 200
-    """Open deals whose workflow is queried per run (most recently updated first). A query of a
-    workflow out of the worker's cache replays its history, so each run asks a bounded few,
-    four at a time, to leave the worker to the deals."""
+    """Open deals whose workflow is queried per run (a random sample). A query of a workflow out
+    of the worker's cache replays its history, so each run asks a bounded few, four at a time,
+    to leave the worker to the deals."""
 
 
 class ReconcileReport(BaseModel):
@@ -471,13 +471,15 @@ class EventActivities:
         return report
 
     def _open_deals(self, limit: int) -> list[tuple[str, int]]:
+        """A random sample of open deals: a row behind its workflow is one whose last write
+        was lost, so it is an old row, not a recent one; over a few runs every deal is seen."""
         with self.db.session() as session:
             return [
                 (r[0], r[1])
                 for r in session.execute(
                     select(Deal.deal_id, Deal.revision)  # type: ignore[call-overload]
                     .where(Deal.status == "open")
-                    .order_by(Deal.updated_at.desc())  # type: ignore[attr-defined]
+                    .order_by(func.random())
                     .limit(limit)
                 ).all()
             ]

@@ -184,3 +184,41 @@ async def test_lost_writes_come_back_from_the_workflows_records(
         again = await reconcile(client, settings.task_queue)
         assert again.outcomes_recovered == 0 and again.history_restored == 0
         assert again.requeued == 0
+
+
+async def test_an_old_row_behind_its_workflow_is_found_among_many(
+    dev_env: WorkflowEnvironment, own_db: Database, run_worker
+) -> None:  # type: ignore[no-untyped-def]
+    """Each run queries a bounded sample of open deals; the one whose last write was lost is
+    the one updated longest ago, and it is still found (a sample, not the newest rows)."""
+    db, client = own_db, dev_env.client
+    async with run_worker(client, db) as settings:
+        pipeline = plain_pipeline(db)
+        deals = [new_id("deal") for _ in range(6)]
+        for deal in deals:
+            first = created(deal, pipeline)
+            store_events(db, [first])
+            await send(client, settings.task_queue, deal, [first])
+            await eventually(lambda d=deal: deal_row(db, d), "the deal row")
+        behind = deals[0]
+        revision = deal_row(db, behind).revision  # type: ignore[union-attr]
+        with db.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE deals SET revision = :r, updated_at = :t WHERE deal_id = :d"),
+                {"r": revision - 1, "t": datetime.now(UTC) - timedelta(days=30), "d": behind},
+            )
+        found: list[str] = []
+        for _ in range(40):
+            report: ReconcileReport = await client.execute_workflow(
+                "ReconcileWorkflow",
+                ReconcileInput(stuck_after_seconds=600, query_limit=2),
+                id=f"reconcile-{uuid.uuid4().hex[:8]}",
+                task_queue=settings.task_queue,
+                result_type=ReconcileReport,
+            )
+            assert report.deals_checked == 2
+            found.extend(report.deals_repaired)
+            if found:
+                break
+        assert found == [behind]
+        assert deal_row(db, behind).revision == revision  # type: ignore[union-attr]
