@@ -244,24 +244,30 @@ def stuck_by_deal(db: Database, older_than: datetime, limit: int) -> dict[str, l
 
 
 def history_gaps(db: Database, limit: int) -> dict[str, int]:
-    """Open deals (the most recently updated ``limit``) whose history rows are fewer than their
-    state's entry count: how many are missing."""
-    counted = (
-        select(DealHistory.deal_id, func.count().label("n"))  # type: ignore[call-overload]
-        .group_by(DealHistory.deal_id)
-        .subquery()
-    )
+    """Open deals (a random sample of ``limit``: a loss hits old rows as well as new ones)
+    whose history rows are fewer than their state's entry count: how many are missing."""
     with db.session() as session:
-        rows = session.execute(
-            select(Deal.deal_id, Deal.state, counted.c.n)  # type: ignore[call-overload]
-            .outerjoin(counted, counted.c.deal_id == Deal.deal_id)
+        sample = session.execute(
+            select(Deal.deal_id, Deal.state)  # type: ignore[call-overload]
             .where(Deal.status == "open")
-            .order_by(Deal.updated_at.desc())  # type: ignore[attr-defined]
+            .order_by(func.random())
             .limit(limit)
         ).all()
+        counts: dict[str, int] = {}
+        ids = [deal_id for deal_id, _ in sample]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            counts.update(
+                session.execute(
+                    select(DealHistory.deal_id, func.count())  # type: ignore[call-overload]
+                    .where(DealHistory.deal_id.in_(chunk))  # type: ignore[attr-defined]
+                    .group_by(DealHistory.deal_id)
+                ).all()
+            )
     gaps: dict[str, int] = {}
-    for deal_id, state, n in rows:
+    for deal_id, state in sample:
         expected = int((state or {}).get("history_seq", 0))
-        if (n or 0) < expected:
-            gaps[deal_id] = expected - (n or 0)
+        have = counts.get(deal_id, 0)
+        if have < expected:
+            gaps[deal_id] = expected - have
     return gaps
