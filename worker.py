@@ -62,11 +62,40 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
     )
 
 
+async def connect_until_up(settings: Settings, stop: asyncio.Event) -> Client | None:
+    """Connect to Temporal, retrying with backoff while it is not there (it may start after the
+    worker, as in ``docker compose up``); ``None`` if ``stop`` is set first."""
+    delay = 0.5
+    while True:
+        try:
+            return await connect(settings)
+        except RuntimeError as exc:  # the SDK's "Failed client connect: ..."
+            log.warning(
+                "Temporal not reachable at %s (%s); retrying in %.1fs",
+                settings.temporal_target,
+                exc,
+                delay,
+            )
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+            return None
+        except TimeoutError:
+            delay = min(delay * 2, 10.0)
+
+
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (by default: until SIGINT / SIGTERM)."""
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
     upgrade(settings.effective_database_url)
     db = Database(settings.effective_database_url)
-    client = await connect(settings)
+    client = await connect_until_up(settings, stop)
+    if client is None:  # stopped before Temporal came up
+        db.dispose()
+        return
     await ensure_search_attributes(client, settings.temporal_namespace)
     metrics = None
     if settings.metrics_port:
@@ -75,11 +104,6 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     watch_dead_letters(db)
     if await ensure_schedule(client, settings):
         log.info("created the reconciliation schedule")
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
     log.info("worker polling task queue %s on %s", settings.task_queue, settings.temporal_target)
     async with worker:
         await stop.wait()

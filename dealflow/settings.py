@@ -86,6 +86,17 @@ class Settings(BaseSettings):
             ipaddress.ip_network(item, strict=False)
         return value
 
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _check_alert_url(cls, value: str | None) -> str | None:
+        if value:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("an http:// or https:// URL is required")
+        return value
+
     @field_validator("alert_webhook_secret")
     @classmethod
     def _check_alert_secret(cls, value: str | None) -> str | None:
