@@ -12,9 +12,11 @@ def _api(args: argparse.Namespace) -> int:
     from api.app import create_app
     from dealflow.logs import setup_logging
     from dealflow.settings import load_settings
+    from store.migrate import upgrade
 
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format, "api")
+    upgrade(settings.effective_database_url)  # before uvicorn: a clear error, not a traceback
     app = create_app(settings)
     uvicorn.run(
         app,
@@ -143,8 +145,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from store.migrate import DatabaseUnreachable
+
     args = parser().parse_args(argv)
-    raise SystemExit(args.fn(args))
+    try:
+        code = args.fn(args)
+    except DatabaseUnreachable as exc:
+        print(f"dealflow: {exc}", file=sys.stderr)
+        code = 1
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":

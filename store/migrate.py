@@ -17,6 +17,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -61,6 +62,15 @@ def migration_lock(url: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class DatabaseUnreachable(RuntimeError):
+    """The database could not be connected to; the message is one line naming it."""
+
+
 def upgrade(url: str) -> None:
-    with migration_lock(url):
-        command.upgrade(alembic_config(url), "head")
+    try:
+        with migration_lock(url):
+            command.upgrade(alembic_config(url), "head")
+    except OperationalError as exc:
+        where = make_url(url).render_as_string(hide_password=True)
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise DatabaseUnreachable(f"cannot use the database {where}: {reason}") from exc
