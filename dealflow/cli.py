@@ -17,7 +17,7 @@ def _api(args: argparse.Namespace) -> int:
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format, "api")
     upgrade(settings.effective_database_url)  # before uvicorn: a clear error, not a traceback
-    app = create_app(settings)
+    app = create_app(settings, run_migrations=False)
     uvicorn.run(
         app,
         host=args.host or settings.api_host,
