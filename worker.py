@@ -44,7 +44,7 @@ def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
         task_queue=settings.task_queue,
         workflows=[*PROCESSING_WORKFLOWS, DealWorkflow, PipelineGoLiveWorkflow, MigrationWorkflow],
         activities=[
-            *processing_activities(client, db, settings, deals),
+            *processing_activities(client, db, deals),
             deals.load_pipeline,
             deals.load_deal,
             deals.load_deal_context,

@@ -206,8 +206,6 @@ class AlertDispatcher:
         self.timeout = settings.outbound_timeout.total_seconds()
         self.lease = timedelta(seconds=max(self.timeout * 3, 30.0))
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"[-80:]
-        self.passes = 0
-        """Delivery passes completed (tests wait on these rather than on the wall clock)."""
         self.rate_checks = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -259,30 +257,27 @@ class AlertDispatcher:
 
     def deliver_due(self) -> int:
         """Deliver (or schedule again) the alerts due now; returns how many were handled."""
-        try:
-            if not self.settings.alert_webhook_url:
-                return self._mark_delivered()
-            now = self.clock()
-            with self.db.session() as session:
-                due = [
-                    r[0]
-                    for r in session.execute(
-                        select(Alert.id)  # type: ignore[call-overload]
-                        .where(Alert.status == "pending", Alert.next_attempt_at <= now)
-                        .order_by(Alert.next_attempt_at)
-                        .limit(self.batch)
-                    ).all()
-                ]
-            handled = 0
-            for alert_id in due:
-                if self._stop.is_set():
-                    break
-                handled += self._deliver(alert_id)
-            if handled:
-                self.count_pending()
-            return handled
-        finally:
-            self.passes += 1
+        if not self.settings.alert_webhook_url:
+            return self._mark_delivered()
+        now = self.clock()
+        with self.db.session() as session:
+            due = [
+                r[0]
+                for r in session.execute(
+                    select(Alert.id)  # type: ignore[call-overload]
+                    .where(Alert.status == "pending", Alert.next_attempt_at <= now)
+                    .order_by(Alert.next_attempt_at)
+                    .limit(self.batch)
+                ).all()
+            ]
+        handled = 0
+        for alert_id in due:
+            if self._stop.is_set():
+                break
+            handled += self._deliver(alert_id)
+        if handled:
+            self.count_pending()
+        return handled
 
     def _mark_delivered(self) -> int:
         """No webhook configured: the log line was the delivery."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import select
@@ -17,6 +18,7 @@ from store.models import Approval, Deal, DealHistory, Event, Pipeline, PipelineV
 from store.upsert import insert_ignore, upsert
 from workflows.messages import (
     DealContext,
+    EventOutcome,
     LoadContextInput,
     LoadDealInput,
     LoadedDeal,
@@ -101,25 +103,36 @@ class DealActivities:
             state=state, pipeline=load_snapshot(self.db, row.pipeline_id, row.pipeline_version)
         )
 
-    @activity.defn(name="record_deal")
-    def record_deal(self, inp: RecordInput) -> None:
-        """One transaction: the deal row, its new history, the events' outcomes, its approvals."""
+    def record_deal(self, inp: RecordInput) -> list[float]:
+        """One transaction: the deal row, its new history, the events' outcomes, its approvals.
+        Returns, per event recorded, the seconds from its 202 to now (for the metrics)."""
         now = datetime.now(UTC)
+        waited: list[float] = []
         with self.db.session() as session:
             if inp.state is not None:
                 _write_deal(session, inp, now)
             for outcome in inp.outcomes:
-                session.execute(
-                    update(Event)
-                    .where(Event.id == outcome.event_id)  # type: ignore[arg-type]
-                    .values(
-                        status=outcome.status,
-                        last_error=outcome.error,
-                        processed_at=now,
-                        attempts=Event.attempts + 1,
-                    )
-                )
+                received = session.execute(
+                    outcome_update(outcome, now).returning(Event.received_at)
+                ).scalar_one_or_none()
+                if received is not None:
+                    waited.append(max((now - received).total_seconds(), 0.0))
             session.commit()
+        return waited
+
+
+def outcome_update(outcome: EventOutcome, now: datetime, *only_from: str) -> Any:
+    """The UPDATE that records an event's outcome (only from the statuses ``only_from``, if
+    given)."""
+    query = update(Event).where(Event.id == outcome.event_id)  # type: ignore[arg-type]
+    if only_from:
+        query = query.where(Event.status.in_(only_from))  # type: ignore[attr-defined]
+    return query.values(
+        status=outcome.status,
+        last_error=outcome.error,
+        processed_at=now,
+        attempts=Event.attempts + 1,
+    )
 
 
 def _write_deal(session, inp: RecordInput, now: datetime) -> None:  # type: ignore[no-untyped-def]

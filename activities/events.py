@@ -13,11 +13,11 @@ action an ``audit_log`` entry with who and when.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlmodel import Session
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -26,7 +26,8 @@ from temporalio.service import RPCError
 from activities.alerts import DEAD_LETTERS, EVENT_PROCESSING, EVENTS_TOTAL, Alerter, RaisedAlert
 from store.db import Database
 from store.models import AuditEntry, Deal, Event, EventAttempt
-from workflows.messages import RecordInput
+from store.types import utcnow
+from workflows.messages import RecordInput, deal_workflow_id
 
 log = logging.getLogger("dealflow.events")
 
@@ -98,23 +99,14 @@ class ReconcileReport(BaseModel):
 # --------------------------------------------------------------------------- store functions
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _stage_dead_letter_alerts(
-    session: Session, alerter: Alerter, errors: dict[str, tuple[str, dict[str, Any]]]
+    session: Session,
+    alerter: Alerter,
+    errors: dict[str, tuple[str, dict[str, Any]]],
+    replays: dict[str, int],
 ) -> list[RaisedAlert | None]:
     """An ``event.dead_lettered`` alert for each event dead-lettered in this transaction (error
     and extra data by event id), keyed ``event.dead_lettered:{event_id}#{replays}``."""
-    if not errors:
-        return []
-    replays = {
-        event_id: n
-        for event_id, n in session.execute(
-            select(Event.id, Event.replays).where(Event.id.in_(list(errors)))  # type: ignore[call-overload,attr-defined]
-        ).all()
-    }
     return [
         alerter.stage(
             session,
@@ -133,11 +125,12 @@ def dead_letter(
     """Dead-letter events not yet final; returns the ones that became dead letters now. Their
     alerts are raised in the same transaction."""
     alerter = alerter or Alerter()
-    now = _now()
+    now = utcnow()
     newly: list[str] = []
+    replays: dict[str, int] = {}
     with db.session() as session:
         for item in items:
-            result = session.execute(
+            moved = session.execute(
                 update(Event)
                 .where(
                     Event.id == item.event_id,  # type: ignore[arg-type]
@@ -149,9 +142,11 @@ def dead_letter(
                     processed_at=now,
                     attempts=Event.attempts + 1,
                 )
-            )
-            if result.rowcount:  # type: ignore[attr-defined]
+                .returning(Event.replays)
+            ).first()
+            if moved is not None:
                 newly.append(item.event_id)
+                replays[item.event_id] = moved[0]
                 session.add(
                     EventAttempt(
                         event_id=item.event_id,
@@ -172,6 +167,7 @@ def dead_letter(
                 )
                 for event_id in newly
             },
+            replays,
         )
         session.commit()
     alerter.announce(raised)
@@ -191,22 +187,18 @@ def record_handoff_failures(
     Returns the ids dead-lettered now."""
     if not event_ids:
         return []
-    now = _now()
+    now = utcnow()
     error = error[:4000]
+    message = f"handoff failed {max_attempts} times: {error}"
     with db.session() as session:
-        session.execute(
+        rows = session.execute(
             update(Event)
             .where(Event.id.in_(event_ids), Event.status.in_(WAITING))  # type: ignore[attr-defined]
             .values(attempts=Event.attempts + 1, last_error=error)
-        )
-        rows = session.execute(
-            select(Event.id, Event.attempts).where(  # type: ignore[call-overload]
-                Event.id.in_(event_ids),  # type: ignore[attr-defined]
-                Event.status.in_(WAITING),  # type: ignore[attr-defined]
-            )
+            .returning(Event.id, Event.attempts, Event.replays)
         ).all()
-        poison = [event_id for event_id, attempts in rows if attempts >= max_attempts]
-        for event_id, attempts in rows:
+        poison = [event_id for event_id, attempts, _ in rows if attempts >= max_attempts]
+        for event_id, attempts, _ in rows:
             session.add(
                 EventAttempt(
                     event_id=event_id,
@@ -224,17 +216,14 @@ def record_handoff_failures(
             )
             for event_id in poison:
                 session.add(
-                    EventAttempt(
-                        event_id=event_id,
-                        at=now,
-                        kind="dead_lettered",
-                        error=f"handoff failed {max_attempts} times: {error}",
-                    )
+                    EventAttempt(event_id=event_id, at=now, kind="dead_lettered", error=message)
                 )
         alerter = Alerter()
-        message = f"handoff failed {max_attempts} times: {error}"
         raised = _stage_dead_letter_alerts(
-            session, alerter, {event_id: (message, {"stage": "handoff"}) for event_id in poison}
+            session,
+            alerter,
+            {event_id: (message, {"stage": "handoff"}) for event_id in poison},
+            {event_id: n for event_id, _, n in rows},
         )
         session.commit()
     alerter.announce(raised)
@@ -248,59 +237,66 @@ class NotDeadLettered(Exception):
         self.status = status
 
 
+def _leave_dead_letters(
+    session: Session,
+    event_id: str,
+    values: dict[str, Any],
+    *,
+    kind: str,
+    action: str,
+    actor: str | None,
+    data: dict[str, Any],
+) -> None:
+    """Move one dead letter on (``values``), with its attempt row and audit entry, and commit;
+    ``NotDeadLettered`` if it is not one (any more)."""
+    now = utcnow()
+    result = session.execute(
+        update(Event)
+        .where(Event.id == event_id, Event.status == "dead_lettered")  # type: ignore[arg-type]
+        .values(**values)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        row = session.get(Event, event_id)
+        raise NotDeadLettered(event_id, row.status if row else None)
+    session.add(EventAttempt(event_id=event_id, at=now, kind=kind, actor=actor, data=data))
+    session.add(AuditEntry(at=now, actor=actor, action=action, target=event_id, data=data))
+    session.commit()
+
+
+def _replay(session: Session, event_id: str, actor: str | None, replay_id: str | None) -> None:
+    _leave_dead_letters(
+        session,
+        event_id,
+        {"status": "accepted", "replays": Event.replays + 1, "queued_at": None},
+        kind="replayed",
+        action="dead_letter.replay",
+        actor=actor,
+        data={"replay_id": replay_id} if replay_id else {},
+    )
+
+
 def replay(
     db: Database, event_id: str, actor: str | None, *, replay_id: str | None = None
 ) -> Event:
     """Put one dead letter back to ``accepted`` (the relay hands it over again)."""
-    now = _now()
     with db.session() as session:
-        result = session.execute(
-            update(Event)
-            .where(Event.id == event_id, Event.status == "dead_lettered")  # type: ignore[arg-type]
-            .values(status="accepted", replays=Event.replays + 1, queued_at=None)
-        )
-        if not result.rowcount:  # type: ignore[attr-defined]
-            row = session.get(Event, event_id)
-            raise NotDeadLettered(event_id, row.status if row else None)
-        data: dict[str, Any] = {"replay_id": replay_id} if replay_id else {}
-        session.add(
-            EventAttempt(event_id=event_id, at=now, kind="replayed", actor=actor, data=data)
-        )
-        session.add(
-            AuditEntry(at=now, actor=actor, action="dead_letter.replay", target=event_id, data=data)
-        )
-        session.commit()
+        _replay(session, event_id, actor, replay_id)
         row = session.get(Event, event_id)
         assert row is not None
         return row
 
 
 def discard(db: Database, event_id: str, actor: str | None, reason: str) -> Event:
-    now = _now()
     with db.session() as session:
-        result = session.execute(
-            update(Event)
-            .where(Event.id == event_id, Event.status == "dead_lettered")  # type: ignore[arg-type]
-            .values(status="discarded")
+        _leave_dead_letters(
+            session,
+            event_id,
+            {"status": "discarded"},
+            kind="discarded",
+            action="dead_letter.discard",
+            actor=actor,
+            data={"reason": reason},
         )
-        if not result.rowcount:  # type: ignore[attr-defined]
-            row = session.get(Event, event_id)
-            raise NotDeadLettered(event_id, row.status if row else None)
-        session.add(
-            EventAttempt(
-                event_id=event_id, at=now, kind="discarded", actor=actor, data={"reason": reason}
-            )
-        )
-        session.add(
-            AuditEntry(
-                at=now,
-                actor=actor,
-                action="dead_letter.discard",
-                target=event_id,
-                data={"reason": reason},
-            )
-        )
-        session.commit()
         row = session.get(Event, event_id)
         assert row is not None
         return row
@@ -328,12 +324,13 @@ def replay_batch(db: Database, inp: ReplayBatchInput) -> ReplayBatchResult:
         ids = [r[0] for r in session.execute(query).all()]
     replayed: list[str] = []
     skipped = 0
-    for event_id in ids:
-        try:
-            replay(db, event_id, inp.actor, replay_id=inp.replay_id)
-            replayed.append(event_id)
-        except NotDeadLettered:
-            skipped += 1  # discarded or replayed meanwhile
+    with db.session() as session:
+        for event_id in ids:  # one commit each, as one by one
+            try:
+                _replay(session, event_id, inp.actor, inp.replay_id)
+                replayed.append(event_id)
+            except NotDeadLettered:
+                skipped += 1  # discarded or replayed meanwhile
     return ReplayBatchResult(
         replayed=replayed,
         skipped=skipped,
@@ -351,19 +348,25 @@ def count_dead_letters(db: Database) -> int:
         )
 
 
+def stuck_before(older_than: datetime) -> Any:
+    """Handed over (``queued`` or ``processing``) before ``older_than``, still without an
+    outcome."""
+    return and_(
+        Event.status.in_(STUCK),  # type: ignore[attr-defined]
+        func.coalesce(Event.queued_at, Event.received_at) < older_than,
+    )
+
+
 def requeue_stuck(db: Database, older_than: datetime) -> tuple[list[str], int]:
     """Events handed over but without an outcome since ``older_than`` go back to ``accepted``
     (the relay re-sends them; the deal workflow drops what it has seen). Returns the ids and
     how many events wait as ``accepted`` longer than that (the relay is not running)."""
-    now = _now()
+    now = utcnow()
     with db.session() as session:
         ids = [
             r[0]
             for r in session.execute(
-                select(Event.id).where(  # type: ignore[call-overload]
-                    Event.status.in_(STUCK),  # type: ignore[attr-defined]
-                    func.coalesce(Event.queued_at, Event.received_at) < older_than,
-                )
+                select(Event.id).where(stuck_before(older_than))  # type: ignore[call-overload]
             ).all()
         ]
         for start in range(0, len(ids), 500):
@@ -426,7 +429,7 @@ class EventActivities:
 
     @activity.defn(name="requeue_stuck_events")
     def requeue_stuck_events(self, inp: ReconcileInput) -> ReconcileReport:
-        cutoff = _now() - timedelta(seconds=inp.stuck_after_seconds)
+        cutoff = utcnow() - timedelta(seconds=inp.stuck_after_seconds)
         ids, waiting = requeue_stuck(self.db, cutoff)
         if ids:
             log.warning("reconcile: %d stuck events re-queued", len(ids))
@@ -450,7 +453,7 @@ class EventActivities:
 
         async def check(deal_id: str, revision: int) -> None:
             async with sem:
-                handle = self.client.get_workflow_handle(f"deal-{deal_id}")  # type: ignore[union-attr]
+                handle = self.client.get_workflow_handle(deal_workflow_id(deal_id))  # type: ignore[union-attr]
                 try:
                     desc = await handle.describe(rpc_timeout=timedelta(seconds=5))
                     if desc.status != WorkflowExecutionStatus.RUNNING:
@@ -490,31 +493,21 @@ class EventActivities:
 
         inp = RecordInput(state=EngineState.model_validate(state))
         with self.db.session() as session:
-            _write_deal(session, inp, _now())
+            _write_deal(session, inp, utcnow())
             session.commit()
 
 
-def observed_record_deal(deals: Any, db: Database) -> Any:
+def observed_record_deal(deals: Any) -> Any:
     """``record_deal`` with the processing metrics: outcomes by kind and received → recorded."""
 
     @activity.defn(name="record_deal")
     def record_deal(inp: RecordInput) -> None:
-        deals.record_deal(inp)
-        if not inp.outcomes:
-            return
+        waited = deals.record_deal(inp)
         kinds = [o.status for o in inp.outcomes]
         for kind in set(kinds):
             EVENTS_TOTAL.labels(kind).inc(kinds.count(kind))
-        ids = [o.event_id for o in inp.outcomes]
-        with db.session() as session:
-            rows = session.execute(
-                select(Event.received_at, Event.processed_at).where(  # type: ignore[call-overload]
-                    Event.id.in_(ids)  # type: ignore[attr-defined]
-                )
-            ).all()
-        for received, processed in rows:
-            if received is not None and processed is not None:
-                EVENT_PROCESSING.observe(max((processed - received).total_seconds(), 0.0))
+        for seconds in waited:
+            EVENT_PROCESSING.observe(seconds)
 
     return record_deal
 
@@ -531,11 +524,11 @@ def watch_dead_letters(db: Database) -> None:
     DEAD_LETTERS.set_function(current)
 
 
-def processing_activities(client: Client, db: Database, settings: Any, deals: Any) -> list[Any]:
+def processing_activities(client: Client, db: Database, deals: Any) -> list[Any]:
     """The worker's event-processing activities (``record_deal`` included, with its metrics)."""
     events = EventActivities(db, Alerter(), client)
     return [
-        observed_record_deal(deals, db),
+        observed_record_deal(deals),
         events.dead_letter_events,
         events.replay_dead_letters,
         events.requeue_stuck_events,

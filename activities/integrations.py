@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import httpx
@@ -40,6 +40,7 @@ from dealflow.settings import Settings
 from domain.circuit import MIN_DELAY, CircuitOpenInfo
 from store.db import Database
 from store.models import CircuitBreaker
+from store.types import utcnow
 from store.upsert import insert_ignore
 
 log = logging.getLogger("dealflow.integrations")
@@ -122,7 +123,7 @@ class Breaker:
         settings: Settings,
         alerter: Alerter | None = None,
         *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.db = db
         self.settings = settings

@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from activities.deals import outcome_update
 from activities.events import (
     STUCK,
     DeadLetterInput,
@@ -33,9 +33,11 @@ from activities.events import (
     ReconcileInput,
     ReconcileReport,
     dead_letter,
+    stuck_before,
 )
 from store.db import Database
 from store.models import Deal, DealHistory, Event
+from store.types import utcnow
 from store.upsert import insert_ignore
 from workflows.messages import EventOutcome, RecordInput, deal_workflow_id
 
@@ -118,19 +120,12 @@ def restore_history(db: Database, deal_id: str, found: Recorded) -> int:
         for h in record.history
     }
 
-    def count(session: Any) -> int:
-        return int(
-            session.execute(
-                select(func.count()).select_from(DealHistory).where(DealHistory.deal_id == deal_id)  # type: ignore[arg-type]
-            ).scalar_one()
-        )
-
     ordered = [rows[seq] for seq in sorted(rows)]
     with db.session() as session:
-        had = count(session)
-        for start in range(0, len(ordered), 500):
+        written = sum(
             insert_ignore(session, DealHistory, ordered[start : start + 500], ["deal_id", "seq"])
-        written = count(session) - had  # (a multi-row insert's rowcount is not reliable)
+            for start in range(0, len(ordered), 500)
+        )
         session.commit()
     return written
 
@@ -140,22 +135,13 @@ def restore_outcomes(
 ) -> list[str]:
     """Give the events among ``event_ids`` still ``unfinished`` the outcome their workflow
     recorded (or the dead-lettering); returns the ids restored."""
-    now = datetime.now(UTC)
+    now = utcnow()
     restored: list[str] = []
     outcomes = found.outcomes()
     with db.session() as session:
         for event_id in sorted(event_ids & set(outcomes)):
             outcome = outcomes[event_id]
-            done = session.execute(
-                update(Event)
-                .where(Event.id == event_id, Event.status.in_(unfinished))  # type: ignore[arg-type, attr-defined]
-                .values(
-                    status=outcome.status,
-                    last_error=outcome.error,
-                    processed_at=now,
-                    attempts=Event.attempts + 1,
-                )
-            ).rowcount  # type: ignore[attr-defined]
+            done = session.execute(outcome_update(outcome, now, *unfinished)).rowcount  # type: ignore[attr-defined]
             if done:
                 restored.append(event_id)
         session.commit()
@@ -182,7 +168,7 @@ class RepairActivities:
         """Events handed over long ago and still without an outcome: if their deal's workflow
         recorded one (the write was lost), it is written again; the rest are left for the
         re-queue that follows."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=inp.stuck_after_seconds)
+        cutoff = utcnow() - timedelta(seconds=inp.stuck_after_seconds)
         stuck = await asyncio.to_thread(stuck_by_deal, self.db, cutoff, inp.deals_limit)
         report = ReconcileReport()
         for deal_id, event_ids in stuck.items():
@@ -228,11 +214,7 @@ def stuck_by_deal(db: Database, older_than: datetime, limit: int) -> dict[str, l
     with db.session() as session:
         rows = session.execute(
             select(Event.id, Event.deal_id)  # type: ignore[call-overload]
-            .where(
-                Event.status.in_(STUCK),  # type: ignore[attr-defined]
-                Event.deal_id.is_not(None),  # type: ignore[union-attr]
-                func.coalesce(Event.queued_at, Event.received_at) < older_than,
-            )
+            .where(stuck_before(older_than), Event.deal_id.is_not(None))  # type: ignore[union-attr]
             .order_by(Event.received_at)
             .limit(50_000)
         ).all()
