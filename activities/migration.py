@@ -180,7 +180,7 @@ class MigrationActivities:
             state = EngineState.model_validate(row.state)
             if request.migration_id in state.migrations:
                 return DealOutcome(deal_id=deal_id, outcome="migrated")
-            reply = _skip_reason(state, request)
+            reply = request.skip_reason(state.deal)
             if reply is not None:
                 return DealOutcome(deal_id=deal_id, outcome="skipped", reason=reply)
             engine = Engine(request.pipeline, state)
@@ -197,17 +197,6 @@ class MigrationActivities:
 
 class _Conflict(Exception):
     pass
-
-
-def _skip_reason(state: EngineState, request: MigrateRequest) -> str | None:
-    deal = state.deal
-    if deal.pipeline_id != request.source_pipeline_id:
-        return f"the deal is in pipeline {deal.pipeline_id} now"
-    if request.only_open and deal.status != "open":
-        return f"the deal is {deal.status} now"
-    if deal.stage not in request.stage_map:
-        return f"stage '{deal.stage}' is not in the stage map"
-    return None
 
 
 def _outcome(deal_id: str, reply: MigrateReply) -> DealOutcome:

@@ -148,9 +148,12 @@ def install(app: FastAPI) -> None:
             instance=request.url.path,
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(
-            500, "an unexpected error occurred; it has been logged", instance=request.url.path
-        )
+    app.exception_handler(Exception)(unexpected)
+
+
+async def unexpected(request: Request, exc: Exception) -> Response:
+    """The 500 problem for an error nothing handled (logged with its traceback)."""
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        500, "an unexpected error occurred; it has been logged", instance=request.url.path
+    )

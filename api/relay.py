@@ -26,7 +26,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.events import record_handoff_failures
+from activities.events import WAITING, record_handoff_failures
 from api.metrics import HANDED_OFF, PENDING_HANDOFF
 from domain.events import DealEvent
 from store.db import Database
@@ -68,9 +68,7 @@ def count_pending(db: Database) -> int:
     with db.session() as session:
         return int(
             session.execute(
-                select(func.count())
-                .select_from(Event)
-                .where(Event.status.in_(("accepted", "queued")))  # type: ignore[attr-defined]
+                select(func.count()).select_from(Event).where(Event.status.in_(WAITING))  # type: ignore[attr-defined]
             ).scalar_one()
         )
 

@@ -109,23 +109,14 @@ def statuses(db_path: Path) -> dict[str, int]:
         return dict(conn.execute("SELECT status, count(*) FROM events GROUP BY status").fetchall())
 
 
-def latencies(db_path: Path, source_id: str, since: str = "received_at") -> list[float]:
-    """Seconds from ``since`` (the 202: ``received_at``; the relay's claim: ``queued_at``) to
-    the outcome, per processed event of the source."""
+def latencies(
+    db_path: Path, source_id: str, since: str = "received_at", until: str = "processed_at"
+) -> list[float]:
+    """Seconds from ``since`` to ``until`` (``received_at``: the 202; ``queued_at``: the
+    relay's claim; ``processed_at``: the outcome), per processed event of the source."""
     with sqlite3.connect(db_path, timeout=30) as conn:
         rows = conn.execute(
-            f"SELECT (julianday(processed_at) - julianday({since})) * 86400.0 FROM events "
-            "WHERE source_id = ? AND status = 'processed'",
-            (source_id,),
-        ).fetchall()
-    return [r[0] for r in rows]
-
-
-def handoff_latencies(db_path: Path, source_id: str) -> list[float]:
-    """Seconds from the 202 to the relay's claim, per processed event of the source."""
-    with sqlite3.connect(db_path, timeout=30) as conn:
-        rows = conn.execute(
-            "SELECT (julianday(queued_at) - julianday(received_at)) * 86400.0 FROM events "
+            f"SELECT (julianday({until}) - julianday({since})) * 86400.0 FROM events "
             "WHERE source_id = ? AND status = 'processed'",
             (source_id,),
         ).fetchall()
@@ -338,7 +329,7 @@ async def main() -> None:
                 f"webhook-to-applied p50 {q[49] * 1000:,.0f} ms, p95 {q[94] * 1000:,.0f} ms, "
                 f"mean {statistics.fmean(lat) * 1000:,.0f} ms"
             )
-            hand = statistics.quantiles(handoff_latencies(db_path, src2["id"]), n=100)
+            hand = statistics.quantiles(latencies(db_path, src2["id"], until="queued_at"), n=100)
             flow = statistics.quantiles(latencies(db_path, src2["id"], "queued_at"), n=100)
             print(
                 f"  of which 202 -> relay claim p50 {hand[49] * 1000:,.0f} ms, "

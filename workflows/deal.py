@@ -46,7 +46,7 @@ with workflow.unsafe.imports_passed_through():
         WaitingEffect,
         problems_detail,
     )
-    from workflows.retries import DB_RETRY
+    from workflows.retries import DB_RETRY, cause_message
     from workflows.search import (
         DEAL_ID,
         DEAL_STAGE,
@@ -259,7 +259,7 @@ class DealWorkflow:
                         retry_policy=DB_RETRY,
                     )
                 except ActivityError as exc:
-                    return self._dead(event, _cause(exc))
+                    return self._dead(event, cause_message(exc))
             engine, problems = Engine.create(
                 snapshot,
                 deal_id=self.deal_id,
@@ -340,7 +340,7 @@ class DealWorkflow:
             self.wake = True
         now = workflow.now()
         if isinstance(result, Exception | str):
-            error = result if isinstance(result, str) else _cause(result)
+            error = result if isinstance(result, str) else cause_message(result)
             engine.record(
                 now,
                 "action_failed",
@@ -391,7 +391,7 @@ class DealWorkflow:
                 info = _circuit_open(exc)
                 if info is None or not workflow.patched("circuit-wait"):
                     return exc
-                integration = str(effect.data.get("integration", effect.kind))
+                integration = _integration(effect)
                 pause = next_wait(info, waited)
                 if pause is None:
                     return gave_up(integration, info, waited)
@@ -423,7 +423,7 @@ class DealWorkflow:
     async def _sleep_on_circuit(self, waiting: WaitingEffect) -> None:
         """A timer (no worker slot, no attempt), counted in ``waiting`` while it runs."""
         key = waiting.effect.key
-        integration = waiting.effect.data.get("integration", waiting.effect.kind)
+        integration = _integration(waiting.effect)
         self.waiting[key] = waiting
         try:
             left = waiting.retry_at - workflow.now()
@@ -607,22 +607,17 @@ class DealWorkflow:
                 return MigrateReply(
                     outcome="already_migrated", stage=deal.stage, revision=engine.state.revision
                 )
-            reason = None
-            to_stage = req.stage_map.get(deal.stage)
-            if deal.pipeline_id != req.source_pipeline_id:
-                reason = f"the deal is in pipeline {deal.pipeline_id} now"
-            elif req.only_open and deal.status != "open":
-                reason = f"the deal is {deal.status} now"
-            elif to_stage is None:
-                reason = f"stage '{deal.stage}' is not in the stage map"
-            if reason is not None or to_stage is None:
+            reason = req.skip_reason(deal)
+            if reason is not None:
                 return MigrateReply(
                     outcome="skipped",
                     stage=deal.stage,
                     reason=reason,
                     revision=engine.state.revision,
                 )
-            engine.migrate(req.pipeline, to_stage, workflow.now(), req.migration_id)
+            engine.migrate(
+                req.pipeline, req.stage_map[deal.stage], workflow.now(), req.migration_id
+            )
             self._start_effects()
             await self._flush()
             self.wake = True
@@ -650,6 +645,11 @@ def _refusal(problems: list) -> ApplicationError:
     )
 
 
+def _integration(effect: Effect) -> str:
+    """The integration a call goes to (its name in DEALFLOW_INTEGRATIONS)."""
+    return str(effect.data.get("integration", effect.kind))
+
+
 def _dedup_key(event: DealEvent) -> str:
     """An event's id, with ``#n`` for its n-th replay from the dead letters (so a replay is
     applied once more, exactly once); a plain id is replay 0, as carried by older runs."""
@@ -662,9 +662,3 @@ def _circuit_open(exc: BaseException) -> CircuitOpenInfo | None:
     if not isinstance(cause, ApplicationError) or cause.type != "circuit_open":
         return None
     return CircuitOpenInfo.from_details(cause.details[0] if cause.details else None)
-
-
-def _cause(exc: BaseException) -> str:
-    while getattr(exc, "cause", None) is not None:
-        exc = exc.cause  # type: ignore[assignment]
-    return getattr(exc, "message", None) or str(exc)

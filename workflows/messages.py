@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from domain.deal import Actor, Problem
+from domain.deal import Actor, DealState, Problem
 from domain.engine import Effect, EngineState, HistoryEntry
 from domain.events import DealEvent
 from domain.pipeline import PipelineSnapshot
@@ -139,6 +139,17 @@ class MigrateRequest(BaseModel):
     pipeline: PipelineSnapshot
     stage_map: dict[str, str]
     only_open: bool = False
+
+    def skip_reason(self, deal: DealState) -> str | None:
+        """Why this deal is left as it is (``None``: it moves), the same with or without a
+        running workflow."""
+        if deal.pipeline_id != self.source_pipeline_id:
+            return f"the deal is in pipeline {deal.pipeline_id} now"
+        if self.only_open and deal.status != "open":
+            return f"the deal is {deal.status} now"
+        if deal.stage not in self.stage_map:
+            return f"stage '{deal.stage}' is not in the stage map"
+        return None
 
 
 class MigrateReply(BaseModel):

@@ -22,7 +22,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from workflows.retries import DB_RETRY
+from workflows.retries import DB_RETRY, cause_message
 
 MAX_ERRORS = 100
 """Per-deal failures and skips kept with the migration (the counters count them all)."""
@@ -120,7 +120,7 @@ class MigrationWorkflow:
         try:
             return await self._run(inp)
         except ActivityError as exc:
-            error = _cause(exc)
+            error = cause_message(exc)
             workflow.logger.error("migration %s failed: %s", inp.migration_id, error)
             self.status = "failed"
             await self._record(finished=True, error=error)
@@ -251,9 +251,3 @@ class MigrationWorkflow:
     @workflow.query(name="progress")
     def current_progress(self) -> dict[str, Any]:
         return {"status": self.status, "paused": self.paused, **self.progress.model_dump()}
-
-
-def _cause(exc: BaseException) -> str:
-    while getattr(exc, "cause", None) is not None:
-        exc = exc.cause  # type: ignore[assignment]
-    return getattr(exc, "message", None) or str(exc)

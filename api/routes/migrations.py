@@ -59,11 +59,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def migration_view(row: Migration, now: datetime | None = None) -> dict[str, Any]:
+def migration_view(row: Migration) -> dict[str, Any]:
     processed = row.migrated + row.skipped + row.failed
     rate = None
     if row.started_at is not None and row.status != "dry_run":
-        elapsed = ((row.finished_at or now or _now()) - row.started_at).total_seconds()
+        elapsed = ((row.finished_at or _now()) - row.started_at).total_seconds()
         rate = round(processed / elapsed, 1) if elapsed > 0 else None
     out: dict[str, Any] = {
         "id": row.id,

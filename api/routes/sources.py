@@ -264,26 +264,21 @@ def mapping_test(source_id: str, body: MappingTest, ctx: Ctx, _: Admin) -> dict[
             }
         envelope = body.payload
     else:
+        document = {"body": body.payload, "headers": headers, "event_type": foreign_type}
         try:
             compiled = compile_mapping(mapping)
-            mapped = compiled.apply(
-                {"body": body.payload, "headers": headers, "event_type": foreign_type}
-            )
+            mapped = compiled.apply(document)
         except MappingError as exc:
             raise ProblemError(422, str(exc), errors=exc.errors) from None
+        foreign_type = compiled.foreign_type(document)
         if mapped is None:
             return {
                 "status": "ignored",
-                "foreign_type": compiled.foreign_type(
-                    {"body": body.payload, "headers": headers, "event_type": foreign_type}
-                ),
+                "foreign_type": foreign_type,
                 "event": None,
                 "detail": "the mapping does not list this event type",
             }
         envelope = {"type": mapped[0], "data": mapped[1]}
-        foreign_type = compiled.foreign_type(
-            {"body": body.payload, "headers": headers, "event_type": foreign_type}
-        )
     try:
         native_type, data = validate_envelope(envelope, base_loc=("mapped",))
     except EnvelopeError as exc:

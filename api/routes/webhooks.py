@@ -19,7 +19,7 @@ from api.context import AppContext
 from api.ingress.body import parse_json, read_limited
 from api.ingress.clientip import allowed, client_ip
 from api.metrics import SOURCES_BLOCKED, WEBHOOK_ACK, WEBHOOKS_RECEIVED
-from api.problems import ProblemError, problem_response
+from api.problems import ProblemError, problem_response, unexpected
 from api.sources_cache import ActiveSource
 from dealflow.ids import new_id
 from domain.events import EVENT_TYPES, EnvelopeError, validate_envelope
@@ -31,17 +31,18 @@ from store.models import Source
 router = APIRouter(tags=["webhooks"])
 log = logging.getLogger("dealflow.ingress")
 
-KEPT_HEADERS = (
-    "content-type",
-    "user-agent",
-    "webhook-id",
-    "webhook-timestamp",
-    "x-github-delivery",
-    "x-github-event",
-    "x-event-id",
-    "stripe-signature",
+KEPT = frozenset(
+    {
+        "content-type",
+        "user-agent",
+        "webhook-id",
+        "webhook-timestamp",
+        "x-github-delivery",
+        "x-github-event",
+        "x-event-id",
+        "stripe-signature",
+    }
 )
-KEPT = frozenset(KEPT_HEADERS)
 AUTH_WINDOW_S = 60.0
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SOURCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -395,9 +396,6 @@ async def serve_ingress(app: Any, scope: dict[str, Any], receive_: Any, send: An
     request = Request(scope, receive_)
     try:
         response = await receive(scope["path"][len(PREFIX) :], request)
-    except Exception:
-        log.exception("unhandled error on the webhook ingress")
-        response = problem_response(
-            500, "an unexpected error occurred; it has been logged", instance=scope["path"]
-        )
+    except Exception as exc:
+        response = await unexpected(request, exc)
     await response(scope, receive_, send)
