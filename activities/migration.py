@@ -187,11 +187,13 @@ class MigrationActivities:
             to_stage = request.stage_map[state.deal.stage]
             engine.migrate(request.pipeline, to_stage, now, request.migration_id)
             _write_deal(session, RecordInput(state=engine.state, history=engine.history), now)
-            session.commit()
-            session.expire_all()
-            stored = session.get(Deal, deal_id)
-            if stored is None or request.migration_id not in stored.state.get("migrations", []):
+            # The row is written only if its revision is newer: read it back in the same
+            # transaction, and keep nothing of the move (history, approvals) if it lost.
+            session.refresh(row)
+            if request.migration_id not in row.state.get("migrations", []):
+                session.rollback()
                 raise _Conflict(f"deal {deal_id} changed while it was being moved")
+            session.commit()
         return DealOutcome(deal_id=deal_id, outcome="migrated")
 
 
