@@ -12,18 +12,23 @@ import shutil
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from store.db import Database
 from store.migrate import upgrade
 from workflows.search import SEARCH_ATTRIBUTES
+
+if TYPE_CHECKING:
+    from dealflow.settings import Settings
 
 BIN = Path(sys.executable).parent
 PG_ADMIN_URL = os.environ.get(
@@ -88,11 +93,23 @@ def pg_database() -> Iterator[str]:
         yield url
 
 
+@contextmanager
+def fresh_database(backend: str, directory: Path, name: str) -> Iterator[str]:
+    """A new, migrated database: on SQLite the file ``name`` in ``directory``, on PostgreSQL
+    (``backend`` "postgres") a database of its own, dropped afterwards."""
+    if backend == "sqlite":
+        url = f"sqlite:///{directory / name}"
+        upgrade(url)
+        yield url
+    else:
+        with fresh_pg_database() as url:
+            yield url
+
+
 @pytest.fixture(scope="session")
-def sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'dealflow.db'}"
-    upgrade(url)
-    return url
+def sqlite_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with fresh_database("sqlite", tmp_path_factory.mktemp("db"), "dealflow.db") as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -107,26 +124,26 @@ def live_database_url(database_url: str, tmp_path_factory: pytest.TempPathFactor
     """A database of their own for the harnesses whose relay is connected to Temporal, on the
     backend of ``database_url``: their relay would otherwise hand over the events that the
     "Temporal is down" tests expect to stay ``accepted`` in the shared database."""
-    if database_url.startswith("sqlite"):
-        url = f"sqlite:///{tmp_path_factory.mktemp('live-db') / 'live.db'}"
-        upgrade(url)
+    backend = "sqlite" if database_url.startswith("sqlite") else "postgres"
+    with fresh_database(backend, tmp_path_factory.mktemp("live-db"), "live.db") as url:
         yield url
-    else:
-        with fresh_pg_database() as url:
-            yield url
 
 
 @pytest.fixture(params=BACKENDS)
 def own_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated database of the test's own, on each backend: for tests whose relay claims
     every waiting event (they must neither take nor leave events of other tests)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'own.db'}"
-        upgrade(url)
+    with fresh_database(request.param, tmp_path, "own.db") as url:
         yield url
-    else:
-        with fresh_pg_database() as url:
-            yield url
+
+
+@pytest.fixture
+def own_db(own_database_url: str) -> Iterator[Database]:
+    """A ``Database`` on ``own_database_url``: for tests that look at (or claim) every deal and
+    event in it."""
+    database = Database(own_database_url)
+    yield database
+    database.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -134,6 +151,38 @@ def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
     yield database
     database.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_db(sqlite_database: str) -> Iterator[Database]:
+    """For the slow tests: one backend is enough (the store and the read model are tested on
+    both elsewhere)."""
+    database = Database(sqlite_database)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def run_worker(
+    task_queue: str,
+) -> Callable[..., AbstractAsyncContextManager[Settings]]:
+    """A real worker from ``worker.build_worker`` on the test's ``task_queue`` (the nearest
+    conftest's), with settings from ``settings`` only (no ``.env``); yields those settings.
+    Workflows it started are terminated afterwards."""
+    from dealflow.settings import Settings
+    from tests.workflows.support import terminate_started
+    from worker import build_worker
+
+    @asynccontextmanager
+    async def start(client: Client, db: Database, **settings: Any) -> AsyncIterator[Settings]:
+        config = Settings(_env_file=None, task_queue=task_queue, **settings)  # type: ignore[call-arg]
+        async with build_worker(client, db, config):
+            try:
+                yield config
+            finally:
+                await terminate_started(task_queue)
+
+    return start
 
 
 @pytest.fixture(scope="module")
@@ -148,17 +197,24 @@ async def time_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-@pytest.fixture(scope="session")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+async def start_dev_server(port: int | None = None) -> WorkflowEnvironment:
+    """A Temporal dev server with the project's search attributes (on ``port``, else any free
+    one); the caller shuts it down."""
     extra: list[str] = []
     for name, kind in SEARCH_ATTRIBUTES.items():
         extra += ["--search-attribute", f"{name}={kind}"]
-    env = await WorkflowEnvironment.start_local(
+    return await WorkflowEnvironment.start_local(
         data_converter=pydantic_data_converter,
         dev_server_existing_path=_binary("temporal"),
         dev_server_extra_args=extra,
+        port=port,
         ui=False,
     )
+
+
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 

@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import bindparam, text
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from store.db import Database
@@ -37,8 +36,7 @@ from tests.api.conftest import (
     unused_address,
     wait_for,
 )
-from tests.conftest import _binary, free_port
-from workflows.search import SEARCH_ATTRIBUTES
+from tests.conftest import free_port, start_dev_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -153,16 +151,7 @@ async def test_chaos_500_while_temporal_is_down(database_url: str, tmp_path: Pat
         ids = [a.json()["event_id"] for a in answers]
         assert {s for s, _ in statuses(api.db, ids).values()} == {"accepted"}
 
-        extra: list[str] = []
-        for name, kind in SEARCH_ATTRIBUTES.items():
-            extra += ["--search-attribute", f"{name}={kind}"]
-        env = await WorkflowEnvironment.start_local(
-            data_converter=pydantic_data_converter,
-            dev_server_existing_path=_binary("temporal"),
-            dev_server_extra_args=extra,
-            port=port,
-            ui=False,
-        )
+        env = await start_dev_server(port)
         try:
             from worker import build_worker
 

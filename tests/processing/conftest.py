@@ -1,50 +1,22 @@
-"""Fixtures for event processing: a real worker from ``worker.build_worker`` on a task queue of
-its own, the real databases, and a local fake integration that fails N times, then succeeds."""
+"""Fixtures for event processing: a task queue per test (for ``run_worker`` of tests/conftest.py,
+a real worker from ``worker.build_worker``), and a local fake integration that fails N times,
+then succeeds."""
 
 from __future__ import annotations
 
 import json
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from temporalio.client import Client
-
-from dealflow.settings import Settings
-from store.db import Database
-from tests.workflows.support import terminate_started
-from worker import build_worker
 
 
 @pytest.fixture
 def task_queue() -> str:
     return f"proc-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(scope="session")
-def sqlite_db(sqlite_database: str) -> Iterator[Database]:
-    """For the slow tests: one backend is enough (the store is tested on both elsewhere)."""
-    database = Database(sqlite_database)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
-def run_worker(task_queue: str):  # type: ignore[no-untyped-def]
-    @asynccontextmanager
-    async def start(client: Client, db: Database, **settings: Any) -> AsyncIterator[Settings]:
-        config = Settings(_env_file=None, task_queue=task_queue, **settings)  # type: ignore[call-arg]
-        async with build_worker(client, db, config):
-            try:
-                yield config
-            finally:
-                await terminate_started(task_queue)
-
-    return start
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -39,22 +39,35 @@ def plain_pipeline(db: Database) -> str:
     return create_pipeline(db, {"stages": STAGES})
 
 
+def event_stub(
+    event_id: str, *, source_id: str, status: str, type: str = "deal.updated", **cols: Any
+) -> Event:
+    """An event store row with placeholder delivery fields (delivery id = event id, an empty
+    payload and body); ``cols`` set or override other columns (``deal_id``, ``payload``,
+    ``received_at``…)."""
+    fields: dict[str, Any] = {
+        "delivery_id": event_id,
+        "payload": {},
+        "raw_body": b"{}",
+        "headers": {},
+        "body_sha256": "0" * 64,
+        **cols,
+    }
+    return Event(id=event_id, source_id=source_id, type=type, status=status, **fields)
+
+
 def store_events(db: Database, events: list[Any]) -> None:
     """Rows in the event store for events sent straight to a workflow (as if the relay had)."""
     with db.session() as session:
         for e in events:
             session.add(
-                Event(
-                    id=e.event_id,
+                event_stub(
+                    e.event_id,
                     source_id=e.source_id or "src_test",
-                    delivery_id=e.event_id,
                     type=e.type,
                     status="processing",
                     deal_id=e.data.get("deal_id"),
                     payload=e.data,
-                    raw_body=b"{}",
-                    headers={},
-                    body_sha256="0" * 64,
                     received_at=e.received_at,
                 )
             )
@@ -103,4 +116,12 @@ async def activity_runs(handle: WorkflowHandle, activity_type: str) -> list[dict
     return list(scheduled.values())
 
 
-__all__ = ["activity_runs", "created", "event", "event_row", "new_id", "store_events"]
+__all__ = [
+    "activity_runs",
+    "created",
+    "event",
+    "event_row",
+    "event_stub",
+    "new_id",
+    "store_events",
+]

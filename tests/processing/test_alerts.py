@@ -37,9 +37,16 @@ from activities.integrations import Breaker
 from dealflow.settings import Settings
 from store.db import Database
 from store.migrate import upgrade
-from store.models import Alert, Event
+from store.models import Alert
 from tests.conftest import BACKENDS, free_port, fresh_pg_database
-from tests.processing.support import activity_runs, event, event_row, new_id, store_events
+from tests.processing.support import (
+    activity_runs,
+    event,
+    event_row,
+    event_stub,
+    new_id,
+    store_events,
+)
 from tests.workflows.support import eventually, send, terminate_started
 from workflows.reconcile import SCHEDULE_ID
 
@@ -208,19 +215,7 @@ def test_an_alert_key_is_raised_once(db: Database, caplog: pytest.LogCaptureFixt
 def _stored(db: Database, status: str = "queued") -> str:
     event_id = new_id("evt")
     with db.session() as session:
-        session.add(
-            Event(
-                id=event_id,
-                source_id="src_alerts",
-                delivery_id=event_id,
-                type="deal.updated",
-                status=status,
-                payload={},
-                raw_body=b"{}",
-                headers={},
-                body_sha256="0" * 64,
-            )
-        )
+        session.add(event_stub(event_id, source_id="src_alerts", status=status))
         session.commit()
     return event_id
 
@@ -435,16 +430,10 @@ def outcomes(db: Database, at: datetime, **counts: int) -> None:
                 n += 1
                 event_id = new_id("evt")
                 session.add(
-                    Event(
-                        id=event_id,
+                    event_stub(
+                        event_id,
                         source_id="src_rate",
-                        delivery_id=event_id,
-                        type="deal.updated",
                         status=status,
-                        payload={},
-                        raw_body=b"{}",
-                        headers={},
-                        body_sha256="0" * 64,
                         processed_at=at - timedelta(seconds=n),
                     )
                 )

@@ -100,13 +100,6 @@ async def test_the_schedule_is_created_once(dev_env: WorkflowEnvironment) -> Non
         await handle.delete()
 
 
-@pytest.fixture
-def own_db(own_database_url: str) -> Iterator[Database]:
-    database = Database(own_database_url)
-    yield database
-    database.dispose()
-
-
 async def reconcile(client, task_queue: str) -> ReconcileReport:  # type: ignore[no-untyped-def]
     return await client.execute_workflow(
         "ReconcileWorkflow",

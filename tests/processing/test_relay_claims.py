@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,16 +19,8 @@ from temporalio.testing import WorkflowEnvironment
 from api.relay import CLAIM_LEASE, Relay
 from store.db import Database
 from store.events import claim
-from store.models import Event
-from tests.processing.support import event_row, plain_pipeline
+from tests.processing.support import event_row, event_stub, plain_pipeline
 from workflows.messages import EventBatch
-
-
-@pytest.fixture
-def own_db(own_database_url: str) -> Iterator[Database]:
-    database = Database(own_database_url)
-    yield database
-    database.dispose()
 
 
 def accepted(
@@ -44,17 +35,12 @@ def accepted(
                 event_id = f"evt_{uuid.uuid4().hex[:16]}"
                 ids.append(event_id)
                 session.add(
-                    Event(
-                        id=event_id,
+                    event_stub(
+                        event_id,
                         source_id="src_claims",
-                        delivery_id=event_id,
-                        type="deal.updated",
                         status="accepted",
                         deal_id=deal,
                         payload=payload or {"deal_id": deal, "value": n},
-                        raw_body=b"{}",
-                        headers={},
-                        body_sha256="0" * 64,
                         received_at=base + timedelta(milliseconds=n * len(deals) + d),
                     )
                 )

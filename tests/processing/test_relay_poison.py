@@ -4,7 +4,6 @@ attempts instead of blocking its deal; the good events of the same deal go throu
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,30 +13,24 @@ from activities.events import attempts_of
 from api.relay import Relay
 from store.db import Database
 from store.models import Event
+from tests.processing.support import event_stub
 
 
 def row(event_id: str, deal: str, payload: dict, at: datetime) -> Event:
-    return Event(
-        id=event_id,
+    return event_stub(
+        event_id,
         source_id="src_poison",
-        delivery_id=event_id,
-        type="deal.updated",
         status="accepted",
         deal_id=deal,
         payload=payload,
-        raw_body=b"{}",
-        headers={},
-        body_sha256="0" * 64,
         received_at=at,
     )
 
 
 @pytest.fixture
-def db(own_database_url: str) -> Iterator[Database]:
+def db(own_db: Database) -> Database:
     """A database of its own: the relay hands over every waiting event it finds."""
-    database = Database(own_database_url)
-    yield database
-    database.dispose()
+    return own_db
 
 
 async def test_a_poison_handoff_is_dead_lettered_after_n_attempts(

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
 import worker
 from dealflow.settings import Settings
-from tests.conftest import _binary, free_port
-from workflows.search import SEARCH_ATTRIBUTES
+from tests.conftest import free_port, start_dev_server
 
 
 def settings_for(address: str, tmp_path: Path) -> Settings:
@@ -58,16 +55,7 @@ async def test_temporal_coming_up_later_is_connected_to(
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(settings, stop))
     await warnings_logged(caplog, 1)
-    extra: list[str] = []
-    for name, kind in SEARCH_ATTRIBUTES.items():
-        extra += ["--search-attribute", f"{name}={kind}"]
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=_binary("temporal"),
-        dev_server_extra_args=extra,
-        port=port,
-        ui=False,
-    )
+    env = await start_dev_server(port)
     try:
         client: Client = env.client
         # Connected: it created the reconciliation schedule and polls its task queue.
