@@ -5,6 +5,7 @@ of a relay that died expires; what Temporal did not take goes back to ``accepted
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+import api.relay
 from api.relay import CLAIM_LEASE, Relay
 from store.db import Database
 from store.events import claim
@@ -74,14 +76,36 @@ async def terminate(client: Client, deals: list[str]) -> None:
             pass
 
 
+def claims_meeting_first(monkeypatch: pytest.MonkeyPatch, relays: int) -> None:
+    """The relays' first claims start together, each in its own thread: they race for the
+    same oldest rows, and neither can drain the table before the other has begun (a loaded
+    machine could otherwise delay one relay's first pass until the other had done them all)."""
+    barrier = threading.Barrier(relays, timeout=30)
+    calls = 0
+    lock = threading.Lock()
+    real = api.relay.claim
+
+    def claim_together(*args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        with lock:
+            calls += 1
+            first = calls <= relays
+        if first:
+            barrier.wait()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api.relay, "claim", claim_together)
+
+
 async def test_two_relays_on_one_database_hand_each_event_over_once(
-    dev_env: WorkflowEnvironment, own_db: Database
+    dev_env: WorkflowEnvironment, own_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = dev_env.client
     deals = [f"deal_{uuid.uuid4().hex[:10]}" for _ in range(30)]
     ids = accepted(own_db, deals, per_deal=10)
     queue = f"claims-{uuid.uuid4().hex[:8]}"  # no worker: the workflows only collect signals
     relays = [Relay(own_db, lambda: client, task_queue=queue, batch_size=40) for _ in range(2)]
+    claims_meeting_first(monkeypatch, len(relays))
 
     async def drain(relay: Relay) -> int:
         total = 0
@@ -155,3 +179,33 @@ async def test_what_temporal_does_not_take_goes_back_to_accepted(own_db: Databas
     assert statuses(own_db) == {"accepted": 6}, "released at once, nothing counted"
     with own_db.engine.connect() as conn:
         assert conn.execute(text("SELECT max(attempts) FROM events")).scalar_one() == 0
+
+
+def test_concurrent_claims_never_take_one_event_twice(own_db: Database) -> None:
+    """Eight claimers start each round together on the same oldest rows, as API processes
+    woken by one burst would: every event is claimed by exactly one of them."""
+    deals = [f"deal_{uuid.uuid4().hex[:10]}" for _ in range(20)]
+    ids = accepted(own_db, deals, per_deal=30)
+    claimers = 8
+    barrier = threading.Barrier(claimers, timeout=30)
+    taken: list[list[str]] = [[] for _ in range(claimers)]
+
+    def claimer(n: int) -> None:
+        while True:
+            barrier.wait()
+            rows = claim(own_db, 25, datetime.now(UTC), CLAIM_LEASE)
+            taken[n].extend(r["id"] for r in rows)
+            barrier.wait()  # everyone has claimed this round: is anything left?
+            if statuses(own_db).get("accepted", 0) == 0:
+                return
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(claimers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    claimed = [event_id for ids_of_one in taken for event_id in ids_of_one]
+    assert Counter(claimed).most_common(1)[0][1] == 1, "an event was claimed twice"
+    assert sorted(claimed) == sorted(ids)
+    assert sum(1 for one in taken if one) > 1, "the claimers shared the work"
+    assert statuses(own_db) == {"queued": len(ids)}
