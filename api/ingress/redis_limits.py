@@ -1,12 +1,13 @@
 """Token buckets in Redis, so every API process shares one limit per source.
 
-One Lua script per check keeps take-a-token atomic and reads Redis's own clock, so processes on
-hosts whose clocks differ share one bucket correctly; keys expire on their own.
+One Lua script per check keeps take-a-token (and count-a-failure) atomic and reads Redis's own
+clock, so processes on hosts whose clocks differ share one bucket and one failure window
+correctly; keys expire on their own.
 """
 
 from __future__ import annotations
 
-import time
+import uuid
 
 import redis
 
@@ -34,10 +35,11 @@ return {ok, tostring(tokens)}
 
 _FAIL = """
 local key = KEYS[1]
-local now = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
+local window = tonumber(ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
-redis.call('ZADD', key, now, ARGV[3])
+redis.call('ZADD', key, now, ARGV[2])
 redis.call('PEXPIRE', key, math.ceil(window * 1000))
 return redis.call('ZCARD', key)
 """
@@ -49,7 +51,6 @@ class RedisLimiter:
         self.prefix = prefix
         self._take = self.client.register_script(_TAKE)
         self._fail = self.client.register_script(_FAIL)
-        self._seq = 0
 
     def take(self, key: str, rate: float, burst: int) -> Decision:
         ok, tokens = self._take(keys=[self.prefix + key], args=[rate, burst])
@@ -58,8 +59,6 @@ class RedisLimiter:
         return Decision(False, retry_after=(1.0 - float(tokens)) / rate)
 
     def auth_failure(self, key: str, limit: int, window_s: float) -> bool:
-        self._seq += 1
-        count = self._fail(
-            keys=[self.prefix + key], args=[time.time(), window_s, f"{time.time_ns()}:{self._seq}"]
-        )
+        # The member only has to be unique across every process: the score is Redis's time.
+        count = self._fail(keys=[self.prefix + key], args=[window_s, uuid.uuid4().hex])
         return int(count) >= limit

@@ -4,6 +4,7 @@ on 127.0.0.1:6379, two real API servers on the same database)."""
 from __future__ import annotations
 
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -82,3 +83,21 @@ def test_auth_failures_counted_across_processes_block_the_source(
         good = sign_hmac(src["secret"], body, uid("e"))
         # Blocked for both processes (the source cache of the other one may lag by its TTL).
         assert_problem(b.webhook(src["id"], body, good), 403)
+
+
+def test_the_auth_failure_window_is_on_redis_clock_not_the_hosts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two API processes, one on a host whose clock is an hour behind: their failures fall in
+    one window (a host-clock window let the other process prune the slow one's as old)."""
+    from api.ingress.redis_limits import RedisLimiter
+
+    key = f"auth-fail-test:{uuid.uuid4().hex}"
+    on_time, behind = (RedisLimiter("redis://127.0.0.1:6379/0") for _ in range(2))
+    real_time = time.time
+    assert not on_time.auth_failure(key, limit=3, window_s=60)
+    monkeypatch.setattr(time, "time", lambda: real_time() - 3600)
+    assert not behind.auth_failure(key, limit=3, window_s=60)
+    monkeypatch.setattr(time, "time", real_time)
+    assert on_time.auth_failure(key, limit=3, window_s=60), "three failures within the window"
+    on_time.client.delete(on_time.prefix + key)
