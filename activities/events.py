@@ -189,7 +189,7 @@ def record_handoff_failures(
         return []
     now = utcnow()
     error = error[:4000]
-    message = f"handoff failed {max_attempts} times: {error}"
+    message = error if max_attempts == 1 else f"handoff failed {max_attempts} times: {error}"
     with db.session() as session:
         rows = session.execute(
             update(Event)

@@ -17,11 +17,11 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
@@ -29,8 +29,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.events import WAITING, record_handoff_failures
 from api.metrics import HANDED_OFF, PENDING_HANDOFF
 from domain.events import DealEvent
+from store import links
 from store.db import Database
-from store.events import claim, mark_processing, release
+from store.events import EVENTS, claim, mark_processing, release
 from store.models import Event
 from workflows.messages import DealInput, EventBatch, deal_workflow_id
 from workflows.search import DEAL_ID
@@ -62,6 +63,36 @@ def pending_events(db: Database, limit: int) -> list[Pending]:
     """Claim the oldest events not yet handed over (only the columns the handoff needs)."""
     rows = claim(db, limit, datetime.now(UTC), CLAIM_LEASE)
     return [Pending(**row) for row in rows]
+
+
+def resolve_deals(db: Database, events: list[Pending]) -> tuple[list[Pending], dict[str, str]]:
+    """Enrichment: the deal of each event that names it by ``deal_ref``, from the deal links,
+    also written to the event's row (its status shows the deal). Returns the events with
+    their deals, and the reason for each event whose reference names no deal."""
+    refs = {e.id: ref for e in events if e.deal_id is None and (ref := links.ref_of(e.payload))}
+    if not refs:
+        return events, {}
+    with db.engine.begin() as conn:
+        found = links.resolve(conn, refs.values())
+        deals = {event_id: found[ref] for event_id, ref in refs.items() if ref in found}
+        if deals:
+            conn.execute(
+                update(EVENTS)
+                .where(EVENTS.c.id == bindparam("event_id"))
+                .values(deal_id=bindparam("deal")),
+                [{"event_id": event_id, "deal": deal} for event_id, deal in deals.items()],
+            )
+    unresolved = {
+        event_id: f"no deal is linked to {ns} '{ext}' (deal_ref); a deal declares it in "
+        "external_ids"
+        for event_id, (ns, ext) in refs.items()
+        if event_id not in deals
+    }
+    return [
+        replace(e, deal_id=deals[e.id]) if e.id in deals else e
+        for e in events
+        if e.id not in unresolved
+    ], unresolved
 
 
 def count_pending(db: Database) -> int:
@@ -164,12 +195,25 @@ class Relay:
             return 0
         done: list[str] = []
         try:
+            events = await self._enrich(events)
             return await self._hand_over(client, events, done)
         finally:
             # Whatever Temporal did not take goes back to ``accepted`` at once (not after the
             # lease): the next pass, of this relay or another, sends it.
             handed = set(done)
             await asyncio.to_thread(release, self.db, [e.id for e in events if e.id not in handed])
+
+    async def _enrich(self, events: list[Pending]) -> list[Pending]:
+        """Events that name their deal by ``deal_ref`` get the deal it is linked to; one whose
+        reference names no deal is dead-lettered at once, saying which (a replay, once the
+        link exists, resolves it again). Returns the events to hand over."""
+        resolved, unresolved = await asyncio.to_thread(resolve_deals, self.db, events)
+        for event_id, reason in unresolved.items():
+            await asyncio.to_thread(
+                record_handoff_failures, self.db, [event_id], reason, max_attempts=1
+            )
+            log.warning("event %s dead-lettered: %s", event_id, reason)
+        return resolved
 
     async def _hand_over(self, client: Client, events: list[Pending], done: list[str]) -> int:
         by_deal: dict[str, list[Pending]] = defaultdict(list)

@@ -5,15 +5,55 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from domain.deal import Problem
 
 Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Namespace = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+"""Where an external id comes from, e.g. ``stripe_customer``, ``github_issue``, ``hubspot``."""
+ExternalId = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"
+    ),
+]
 
 
 class _Data(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class DealRef(_Data):
+    """A deal named by an id another system gave it: the relay resolves it to the deal that
+    declared that id in ``external_ids`` (enrichment), before the event reaches a workflow."""
+
+    by: Namespace
+    id: ExternalId
+
+
+ONE_DEAL = "give exactly one of 'deal_id' and 'deal_ref'"
+
+
+class _ForOneDeal(_Data):
+    """An event about an existing deal, named by ``deal_id`` or by ``deal_ref`` (one of them)."""
+
+    deal_id: Id | None = None
+    deal_ref: DealRef | None = None
+
+    @model_validator(mode="after")
+    def _one_deal(self) -> _ForOneDeal:
+        if (self.deal_id is None) == (self.deal_ref is None):
+            raise PydanticCustomError("one_deal", ONE_DEAL)
+        return self
 
 
 class DealCreated(_Data):
@@ -25,24 +65,25 @@ class DealCreated(_Data):
     owner: str | None = None
     fields: dict[str, Any] = Field(default_factory=dict)
     stage: str | None = None
+    external_ids: dict[Namespace, ExternalId] | None = None
+    """Ids other systems know this deal by (``{"stripe_customer": "cus_…"}``): events with a
+    ``deal_ref`` to one of them are routed to this deal."""
 
 
-class DealUpdated(_Data):
-    deal_id: Id
+class DealUpdated(_ForOneDeal):
     fields: dict[str, Any] | None = None
     value: float | None = Field(None, ge=0)
     title: str | None = None
     owner: str | None = None
+    external_ids: dict[Namespace, ExternalId] | None = None
 
 
-class DealActivity(_Data):
-    deal_id: Id
+class DealActivity(_ForOneDeal):
     kind: Annotated[str, StringConstraints(min_length=1, max_length=100)]
     at: datetime | None = None
 
 
-class StageChangeRequested(_Data):
-    deal_id: Id
+class StageChangeRequested(_ForOneDeal):
     to_stage: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     actor: str | None = None
     fields: dict[str, Any] | None = None
@@ -100,14 +141,22 @@ def validate_envelope(payload: Any, *, base_loc: tuple[str, ...] = ("body",)) ->
     try:
         parsed = model.model_validate(data)
     except ValidationError as exc:
-        raise EnvelopeError(
-            [
-                Problem(
-                    code="invalid",
-                    loc=[*base_loc, "data", *[p for p in err["loc"]]],
-                    msg=err["msg"],
+        problems = [
+            Problem(code="invalid", loc=[*base_loc, "data", *err["loc"]], msg=err["msg"])
+            for err in exc.errors()
+            if err["type"] != "one_deal"
+        ]
+        # Named with the others (the model's own check runs only once every field is valid).
+        if issubclass(model, _ForOneDeal) and isinstance(data, dict):
+            given = [k for k in ("deal_id", "deal_ref") if data.get(k) is not None]
+            if len(given) != 1:
+                problems.insert(
+                    0,
+                    Problem(
+                        code="invalid",
+                        loc=[*base_loc, "data", given[-1] if given else "deal_id"],
+                        msg=ONE_DEAL,
+                    ),
                 )
-                for err in exc.errors()
-            ]
-        ) from None
+        raise EnvelopeError(problems) from None
     return event_type, parsed.model_dump(mode="json", exclude_none=True)

@@ -131,8 +131,14 @@ def _compile_rule(value: Any, loc: list[Any], errors: list[dict[str, Any]]) -> R
     if native not in EVENT_TYPES:
         errors.append({"loc": [*loc, "type"], "msg": f"must be one of {', '.join(EVENT_TYPES)}"})
     data = value.get("data")
-    if not isinstance(data, dict) or "deal_id" not in data:
-        errors.append({"loc": [*loc, "data"], "msg": "must be an object with at least 'deal_id'"})
+    if not isinstance(data, dict) or not ({"deal_id", "deal_ref"} & set(data)):
+        errors.append(
+            {
+                "loc": [*loc, "data"],
+                "msg": "must be an object with 'deal_id' (or 'deal_ref', to find the deal "
+                "by an external id)",
+            }
+        )
         return None
     template = _compile_template(data, [*loc, "data"], errors)
     if native not in EVENT_TYPES or not isinstance(template, dict):

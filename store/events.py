@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from sqlalchemy import select, update
 
+from store import links
 from store.db import Database
 from store.models import Event
 
@@ -130,6 +131,16 @@ def accept_many(db: Database, events: list[NewEvent]) -> dict[str, tuple[str, bo
             missing = [key for key in firsts if key not in stored]
             if missing:  # neither inserted nor found: never answer 202 for it
                 raise RuntimeError(f"{len(missing)} deliveries were neither stored nor found")
+        # The deal links new events declare, in their transaction (a duplicate declares none).
+        links.write(
+            conn,
+            [
+                row
+                for key, ev in firsts.items()
+                if ev.status == "accepted" and stored[key] == ev.id
+                for row in links.declared(ev.id, ev.deal_id, ev.payload, ev.received_at)
+            ],
+        )
     for ev in events:
         first = stored[(ev.source_id, ev.delivery_id)]
         result[ev.id] = (first, first != ev.id)

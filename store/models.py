@@ -69,6 +69,21 @@ class Event(SQLModel, table=True):
     """Replays from the dead letters so far (part of the deal workflow's dedup key)."""
 
 
+class DealLink(SQLModel, table=True):
+    """An id another system knows a deal by (``stripe_customer`` ``cus_…``), declared in the
+    ``external_ids`` of a ``deal.created`` or ``deal.updated`` event and written with that
+    event, in its transaction; events with a ``deal_ref`` are routed through it. One id names
+    one deal: a later declaration (by ``linked_at``) takes the id over."""
+
+    __tablename__ = "deal_links"
+    namespace: str = Field(primary_key=True, max_length=64)
+    external_id: str = Field(primary_key=True, max_length=200)
+    deal_id: str = Field(max_length=200, index=True)
+    event_id: str = Field(max_length=40)
+    linked_at: datetime = Field(sa_type=UTCDateTime)
+    """When the declaring event was received."""
+
+
 class Pipeline(SQLModel, table=True):
     __tablename__ = "pipelines"
     id: str = Field(primary_key=True, max_length=40)

@@ -20,7 +20,8 @@ from api.pagination import Page
 from api.problems import ProblemError
 from api.temporal_errors import problem_from
 from domain.deal import Actor
-from store.models import Deal, DealHistory, Task
+from store import links
+from store.models import Deal, DealHistory, DealLink, Task
 from workflows.messages import (
     SnoozeRequest,
     TransitionReply,
@@ -42,7 +43,7 @@ class SnoozeBody(BaseModel):
     until: datetime
 
 
-def deal_view(row: Deal) -> dict[str, Any]:
+def deal_view(row: Deal, external_ids: dict[str, str]) -> dict[str, Any]:
     sla = None
     if row.sla:
         sla = {
@@ -65,23 +66,28 @@ def deal_view(row: Deal) -> dict[str, Any]:
         "is_rotting": row.is_rotting,
         "sla": sla,
         "pending_approval": row.pending_approval,
+        "external_ids": external_ids,
         "created_at": row.created_at.isoformat(),
         "updated_at": row.updated_at.isoformat(),
         "revision": row.revision,
     }
 
 
-def etag_of(row: Deal) -> str:
-    digest = hashlib.sha256(f"{row.deal_id}\0{row.revision}".encode()).hexdigest()[:20]
-    return f'"{digest}"'
+def etag_of(row: Deal, external_ids: dict[str, str]) -> str:
+    """Changes with the deal's revision and with its links (written by the ingress, not the
+    deal workflow, so they do not bump the revision)."""
+    linked = orjson.dumps(external_ids, option=orjson.OPT_SORT_KEYS).decode()
+    digest = hashlib.sha256(f"{row.deal_id}\0{row.revision}\0{linked}".encode()).hexdigest()
+    return f'"{digest[:20]}"'
 
 
-def _load(ctx: Ctx, deal_id: str) -> Deal:
+def _load(ctx: Ctx, deal_id: str) -> tuple[Deal, dict[str, str]]:
+    """The deal's row and the external ids linked to it."""
     with ctx.db.session() as session:
         row = session.get(Deal, deal_id)
-    if row is None:
-        raise ProblemError(404, f"no deal {deal_id}")
-    return row
+        if row is None:
+            raise ProblemError(404, f"no deal {deal_id}")
+        return row, links.of_deal(session.connection(), deal_id)
 
 
 @router.get("", response_model=Page[dict[str, Any]])
@@ -93,6 +99,14 @@ def index(
     status: Literal["open", "won", "lost"] | None = None,
     owner: str | None = None,
     is_rotting: bool | None = None,
+    external_id: Annotated[
+        str | None,
+        Query(
+            description="``namespace:id``, e.g. ``stripe_customer:cus_123``: the deal linked "
+            "to that external id",
+            pattern=r"^[a-z][a-z0-9_.-]{0,63}:.+$",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     starting_after: str | None = None,
 ) -> Page[dict[str, Any]]:
@@ -106,15 +120,25 @@ def index(
     ):
         if value is not None:
             query = query.where(column == value)
+    if external_id is not None:
+        namespace, _, ext = external_id.partition(":")
+        query = query.where(
+            Deal.deal_id.in_(  # type: ignore[attr-defined]
+                select(DealLink.deal_id).where(
+                    DealLink.namespace == namespace, DealLink.external_id == ext
+                )
+            )
+        )
     if starting_after:
         query = query.where(Deal.deal_id > starting_after)
     query = query.order_by(Deal.deal_id).limit(limit + 1)  # type: ignore[arg-type]
     with ctx.db.session() as session:
         rows = list(session.exec(query).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        linked = links.of_deals(session.connection(), [r.deal_id for r in rows])
     return Page[dict[str, Any]](
-        data=[deal_view(r) for r in rows],
+        data=[deal_view(r, linked.get(r.deal_id, {})) for r in rows],
         has_more=more,
         next_cursor=rows[-1].deal_id if more else None,
     )
@@ -122,12 +146,12 @@ def index(
 
 @router.get("/{deal_id}")
 def show(deal_id: str, request: Request, ctx: Ctx, _: Viewer) -> Response:
-    row = _load(ctx, deal_id)
-    etag = etag_of(row)
+    row, external_ids = _load(ctx, deal_id)
+    etag = etag_of(row, external_ids)
     if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers={"ETag": etag})
     return Response(
-        orjson.dumps(deal_view(row)),
+        orjson.dumps(deal_view(row, external_ids)),
         media_type="application/json",
         headers={"ETag": etag, "Cache-Control": "no-cache"},
     )
@@ -207,7 +231,7 @@ async def transition(
     ctx: Ctx,
     principal: Annotated[Principal, Depends(authenticate)],
 ) -> Response:
-    row = await asyncio.to_thread(_load, ctx, deal_id)
+    row, _ = await asyncio.to_thread(_load, ctx, deal_id)
     await asyncio.to_thread(_may_move, ctx, principal, row)
     handle = ctx.client().get_workflow_handle(deal_workflow_id(deal_id))
     request_body = TransitionRequest(
@@ -225,11 +249,11 @@ async def transition(
             status_code=202,
             media_type="application/json",
         )
-    row = await asyncio.to_thread(_load, ctx, deal_id)
+    row, external_ids = await asyncio.to_thread(_load, ctx, deal_id)
     return Response(
-        orjson.dumps(deal_view(row)),
+        orjson.dumps(deal_view(row, external_ids)),
         media_type="application/json",
-        headers={"ETag": etag_of(row)},
+        headers={"ETag": etag_of(row, external_ids)},
     )
 
 
@@ -245,4 +269,4 @@ async def snooze(deal_id: str, body: SnoozeBody, ctx: Ctx, principal: Admin) -> 
         )
     except (WorkflowUpdateFailedError, RPCError) as exc:
         raise problem_from(exc, deal_id) from None
-    return deal_view(await asyncio.to_thread(_load, ctx, deal_id))
+    return deal_view(*await asyncio.to_thread(_load, ctx, deal_id))

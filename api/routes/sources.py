@@ -15,6 +15,7 @@ from api.problems import ProblemError
 from dealflow.ids import new_id
 from domain.durations import Duration, format_duration
 from domain.signatures import generate_secret, validate_secret
+from store import links
 from store.models import Source
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
@@ -288,8 +289,13 @@ def mapping_test(source_id: str, body: MappingTest, ctx: Ctx, _: Admin) -> dict[
             + "; ".join(f"{'.'.join(map(str, p.loc))}: {p.msg}" for p in exc.problems),
             errors=[{"loc": p.loc, "msg": p.msg} for p in exc.problems],
         ) from None
-    return {
+    result: dict[str, Any] = {
         "status": "mapped",
         "foreign_type": foreign_type,
         "event": {"type": native_type, "data": data},
     }
+    if (ref := links.ref_of(data)) is not None:
+        # What the relay's enrichment would find now (null: it would dead-letter the event).
+        with ctx.db.engine.connect() as conn:
+            result["resolved_deal_id"] = links.resolve(conn, [ref]).get(ref)
+    return result

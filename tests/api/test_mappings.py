@@ -4,8 +4,9 @@ tried with ``mapping:test``, with schema versions side by side and unknown versi
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from tests.api.conftest import Api, assert_problem, dumps, sign_github, sign_hmac, uid
+from tests.api.conftest import Api, assert_problem, dumps, native, sign_github, sign_hmac, uid
 
 CRM_MAPPING = {
     "type": "body.event",
@@ -202,3 +203,48 @@ def test_mapping_test_shows_the_native_event_and_stores_nothing(api: Api) -> Non
         headers={"Authorization": f"Bearer {viewer}"},
     )
     assert_problem(denied, 403)
+
+
+def test_a_reference_must_name_one_deal_clearly(api: Api) -> None:
+    """422s naming what is wrong, at the ingress and when a mapping is saved."""
+    src = api.create_source("hmac")
+
+    def send(body: dict[str, Any]) -> dict[str, Any]:
+        raw = dumps(body)
+        return assert_problem(
+            api.webhook(src["id"], raw, sign_hmac(src["secret"], raw, uid())), 422
+        )
+
+    both = send(native("deal.activity", deal_id="d1", deal_ref={"by": "crm", "id": "7"}, kind="x"))
+    assert "exactly one of 'deal_id' and 'deal_ref'" in dumps(both).decode()
+    neither = send(native("deal.updated", fields={"a": 1}))
+    assert "exactly one of 'deal_id' and 'deal_ref'" in dumps(neither).decode()
+    bad = send(native("deal.updated", deal_ref={"by": "Stripe Customer", "id": ""}))
+    locs = {tuple(e["loc"]) for e in bad["errors"]}
+    assert ("body", "data", "deal_ref", "by") in locs and ("body", "data", "deal_ref", "id") in locs
+    created_bad = send(
+        native(
+            "deal.created",
+            deal_id="d2",
+            pipeline_id="p",
+            title="t",
+            value=1,
+            currency="USD",
+            external_ids={"hubspot": "x\u0000y"},
+        )
+    )
+    assert any(
+        e["loc"][:4] == ["body", "data", "external_ids", "hubspot"] for e in created_bad["errors"]
+    )
+
+    resp = api.admin(
+        "POST",
+        "/v1/sources",
+        json={
+            "name": "no deal",
+            "scheme": "hmac",
+            "mapping": {"events": {"x": {"type": "deal.updated", "data": {"fields": {}}}}},
+        },
+    )
+    problem = assert_problem(resp, 422)
+    assert "'deal_ref'" in problem["errors"][0]["msg"]
