@@ -65,6 +65,9 @@ REQUIRED_ALERTS = {
     "HandoffBacklog",
     "ProcessingErrorRate",
     "WebhookAckLatencyHigh",
+    "WebhookDeliveryFailures",
+    "ProcessingTimeHigh",
+    "AlertDeliveryFailing",
 }
 # Values a developer would export before `docker compose up` (secrets are 16+ characters).
 TEST_ENV = {
@@ -615,6 +618,12 @@ def test_alert_expressions_use_the_agreed_metrics() -> None:
     assert 'outcome=~"unauthorized|forbidden|rate_limited"' in exprs["WebhookRejectionRate"]
     assert 'dealflow_events_total{outcome="dead_lettered"}' in exprs["ProcessingErrorRate"]
     assert exprs["ProcessingErrorRate"].endswith("> 0.01")
+    # The seed's success metrics: delivery success over 99.5%, processing under 5 s on average.
+    assert 'outcome=~"unavailable|error"' in exprs["WebhookDeliveryFailures"]
+    assert exprs["WebhookDeliveryFailures"].endswith("> 0.005")
+    assert "dealflow_event_processing_seconds_sum" in exprs["ProcessingTimeHigh"]
+    assert "dealflow_event_processing_seconds_count" in exprs["ProcessingTimeHigh"]
+    assert exprs["ProcessingTimeHigh"].endswith("> 5")
     backlog = next(rule for rule in alert_rules() if rule["alert"] == "HandoffBacklog")
     assert backlog["for"] == "5m"
 
