@@ -1,4 +1,5 @@
-"""Helpers: pipelines with an integration call, events as the relay sends them, history reads."""
+"""Helpers: pipelines with an integration call, events as the relay sends them, history reads,
+and native webhooks posted over real HTTP."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from temporalio.client import WorkflowHandle
 
 from store.db import Database
 from store.models import Event
-from tests.workflows.support import create_pipeline, created, event, new_id
+from tests.api.conftest import Api, dumps, native, sign_hmac, uid, wait_for
+from tests.workflows.support import create_pipeline, created, event, history, new_id
 
 STAGES = [
     {"key": "lead", "name": "Lead", "probability": 10},
@@ -125,3 +127,37 @@ __all__ = [
     "new_id",
     "store_events",
 ]
+
+
+# --------------------------------------------------------------------------- over HTTP
+
+
+def native_created(deal: str, pipeline: str, **data: Any) -> dict[str, Any]:
+    """A native ``deal.created`` body (title T, value 1 USD, plus ``data``)."""
+    return native(
+        "deal.created",
+        deal_id=deal,
+        pipeline_id=pipeline,
+        title="T",
+        value=1,
+        currency="USD",
+        **data,
+    )
+
+
+def post(api: Api, source: dict[str, Any], body: dict[str, Any]) -> str:
+    """Send a native webhook to an ``hmac`` source; returns the accepted event's id."""
+    raw = dumps(body)
+    resp = api.webhook(source["id"], raw, sign_hmac(source["secret"], raw, uid("dlv")))
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["event_id"])
+
+
+async def status_of(api: Api, event_id: str, *wanted: str) -> dict[str, Any]:
+    """The event once its status is one of ``wanted``."""
+    return await wait_for(lambda: (e := api.event(event_id))["status"] in wanted and e)
+
+
+def activities(api: Api, deal: str, kind: str) -> int:
+    """How many ``deal.activity`` entries of ``kind`` the deal's history holds."""
+    return sum(1 for h in history(api.db, deal, "activity") if h.data.get("kind") == kind)

@@ -34,6 +34,7 @@ from tests.api.conftest import (
     sign_hmac,
     wait_for,
 )
+from tests.processing.support import native_created
 
 ROOT = Path(__file__).resolve().parents[2]
 DEALS, ACTIVITIES, GHOSTS, BAD_PIPELINES, DUPLICATES = 85, 9, 25, 25, 100
@@ -123,14 +124,7 @@ async def test_1000_events_with_duplicates_and_poison_through_two_kill_9s(
                 creations.append(
                     (
                         f"c-{deal}",
-                        native(
-                            "deal.created",
-                            deal_id=deal,
-                            pipeline_id=pipeline,
-                            title="T",
-                            value=1,
-                            currency="USD",
-                        ),
+                        native_created(deal, pipeline),
                     )
                 )
                 for i in range(ACTIVITIES):

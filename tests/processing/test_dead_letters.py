@@ -11,31 +11,10 @@ from sqlalchemy import text
 from sqlmodel import select
 
 from store.models import AuditEntry
-from tests.api.conftest import Api, dumps, native, sign_hmac, uid, wait_for
-from tests.workflows.support import history
+from tests.api.conftest import Api, native, uid, wait_for
+from tests.processing.support import activities, native_created, post, status_of
 
 ADMIN_SUBJECT = "bootstrap-admin"
-
-
-def post(api: Api, source: dict[str, Any], body: dict[str, Any]) -> str:
-    raw = dumps(body)
-    resp = api.webhook(source["id"], raw, sign_hmac(source["secret"], raw, uid("dlv")))
-    assert resp.status_code == 202, resp.text
-    return str(resp.json()["event_id"])
-
-
-async def status_of(api: Api, event_id: str, *wanted: str) -> dict[str, Any]:
-    return await wait_for(lambda: (e := api.event(event_id))["status"] in wanted and e)
-
-
-def created(deal: str, pipeline: str) -> dict[str, Any]:
-    return native(
-        "deal.created", deal_id=deal, pipeline_id=pipeline, title="T", value=1, currency="USD"
-    )
-
-
-def activities(api: Api, deal: str, kind: str) -> int:
-    return sum(1 for h in history(api.db, deal, "activity") if h.data.get("kind") == kind)
 
 
 async def test_replay_one_applies_it_exactly_once(live_api: Api) -> None:
@@ -45,7 +24,7 @@ async def test_replay_one_applies_it_exactly_once(live_api: Api) -> None:
     deal, kind = uid("deal"), f"call-{uuid.uuid4().hex[:8]}"
     early = post(api, source, native("deal.activity", deal_id=deal, kind=kind))
     await status_of(api, early, "dead_lettered")
-    post(api, source, created(deal, pipeline))
+    post(api, source, native_created(deal, pipeline))
 
     listed = api.admin("GET", "/v1/dead-letters", params={"deal_id": deal}).json()
     assert [d["event_id"] for d in listed["data"]] == [early]
@@ -112,7 +91,7 @@ async def test_bulk_replay_by_filter(live_api: Api) -> None:
     other = post(api, source, native("deal.activity", deal_id=uid(), kind="elsewhere"))
     for event_id in [*early, other]:
         await status_of(api, event_id, "dead_lettered")
-    post(api, source, created(deal, pipeline))
+    post(api, source, native_created(deal, pipeline))
 
     # Paginated like /v1/events.
     page = api.admin("GET", "/v1/dead-letters", params={"source_id": source["id"], "limit": 2})

@@ -15,7 +15,7 @@ from store import links
 from store.db import Database
 from store.events import NewEvent, accept_many
 from tests.api.conftest import Api, dumps, native, sign_stripe, uid
-from tests.processing.test_dead_letters import activities, post, status_of
+from tests.processing.support import activities, native_created, post, status_of
 
 STRIPE_MAPPING = {
     "events": {
@@ -28,18 +28,6 @@ STRIPE_MAPPING = {
         }
     }
 }
-
-
-def created(deal: str, pipeline: str, **external: str) -> dict[str, Any]:
-    return native(
-        "deal.created",
-        deal_id=deal,
-        pipeline_id=pipeline,
-        title="T",
-        value=1,
-        currency="USD",
-        external_ids=external,
-    )
 
 
 def invoice_paid(customer: str) -> bytes:
@@ -65,7 +53,9 @@ async def test_a_stripe_invoice_finds_its_deal_by_the_customer_id(live_api: Api)
     stripe = api.create_source("stripe", mapping=STRIPE_MAPPING)
     pipeline = api.create_pipeline()
     deal, customer = uid("deal"), f"cus_{uuid.uuid4().hex[:12]}"
-    first = post(api, form, created(deal, pipeline, stripe_customer=customer))
+    first = post(
+        api, form, native_created(deal, pipeline, external_ids={"stripe_customer": customer})
+    )
     await status_of(api, first, "processed")
 
     body = invoice_paid(customer)
@@ -93,7 +83,7 @@ async def test_an_unknown_reference_is_dead_lettered_then_replayed_once_linked(
     form = api.create_source("hmac")
     pipeline = api.create_pipeline()
     deal, ticket = uid("deal"), f"T-{uuid.uuid4().hex[:8]}"
-    await status_of(api, post(api, form, created(deal, pipeline)), "processed")
+    await status_of(api, post(api, form, native_created(deal, pipeline)), "processed")
     kind = f"reply-{uuid.uuid4().hex[:6]}"
     early = post(
         api, form, native("deal.activity", deal_ref={"by": "helpdesk", "id": ticket}, kind=kind)
