@@ -14,6 +14,7 @@ from api.context import AppContext
 from api.ingress.clientip import parse_network
 from api.ingress.limits import LocalLimiter
 from api.ingress.writer import EventWriter
+from api.openapi import build_openapi
 from api.relay import Relay
 from api.routes import (
     approvals,
@@ -133,4 +134,5 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
     for module in (ops, webhooks, keys, sources, events, pipelines, migrations, deals, approvals):
         app.include_router(module.router)
     app.include_router(dead_letters_router)
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
     return app
