@@ -48,6 +48,12 @@ MAX_STEPS = 500
 MAX_ADVANCES = 5_000
 """Deadlines carried out in one simulation at most (an escalating approval re-arms forever)."""
 DEFAULT_START = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+"""The simulated clock (``start_at``, every step's ``at``, each wait and ``after`` added up) stays
+in [EARLIEST, LATEST]: deadlines up to a longest duration (100 years) past it, or business time
+counted day by day around it, must still be dates Python can represent (the year 1 to 9999)."""
+CLOCK_RANGE = f"{EARLIEST.isoformat()} to {LATEST.isoformat()}"
 DEFAULT_ACTOR = Actor(subject="simulation", role=None)
 SIM_DEAL_ID = "sim"
 
@@ -151,8 +157,12 @@ class SimulationError(ValueError):
         self.problems = problems
 
 
-def script_problems(snapshot: PipelineSnapshot, script: Script) -> list[Problem]:
-    """What is wrong with the script itself (not with the moves it tries: those are outcomes)."""
+def script_problems(
+    snapshot: PipelineSnapshot, script: Script, *, start_at: datetime | None = None
+) -> list[Problem]:
+    """What is wrong with the script itself (not with the moves it tries: those are outcomes).
+
+    ``start_at`` is the start when the script has none (as for :func:`simulate`)."""
     problems: list[Problem] = []
     spec = snapshot.spec
     if script.deal.stage is not None and spec.stage(script.deal.stage) is None:
@@ -164,10 +174,16 @@ def script_problems(snapshot: PipelineSnapshot, script: Script) -> list[Problem]
                 msg=f"{script.deal.stage!r} is not a stage of this pipeline ({known})",
             )
         )
-    now = script.start_at or DEFAULT_START
+    now = script.start_at or start_at or DEFAULT_START
+    if not EARLIEST <= now <= LATEST:
+        problems.append(_off_the_clock(["start_at"], now, "the simulation starts"))
+        return problems
     for i, step in enumerate(script.steps):
         if isinstance(step, WaitStep):
             now = now + step.for_
+            if now > LATEST:
+                problems.append(_off_the_clock(["steps", i, "for"], now, "this wait ends"))
+                return problems
             continue
         if step.at is not None and step.after is not None:
             problems.append(
@@ -187,11 +203,25 @@ def script_problems(snapshot: PipelineSnapshot, script: Script) -> list[Problem]
                         f"({now.isoformat()}): steps run forward in time",
                     )
                 )
+            elif step.at > LATEST:
+                problems.append(_off_the_clock(["steps", i, "at"], step.at, "this step is"))
+                return problems
             else:
                 now = step.at
         elif step.after is not None:
             now = now + step.after
+            if now > LATEST:
+                problems.append(_off_the_clock(["steps", i, "after"], now, "this step is"))
+                return problems
     return problems
+
+
+def _off_the_clock(loc: list[str | int], at: datetime, what: str) -> Problem:
+    return Problem(
+        code="invalid_step_time",
+        loc=loc,
+        msg=f"{what} at {at.isoformat()}: the simulated clock must stay within {CLOCK_RANGE}",
+    )
 
 
 class _Run:
@@ -304,7 +334,7 @@ def simulate(
     """
     if not isinstance(script, Script):
         script = Script.model_validate(script)
-    problems = script_problems(snapshot, script)
+    problems = script_problems(snapshot, script, start_at=start_at)
     if problems:
         raise SimulationError(problems)
     now = _aware(script.start_at or start_at) or DEFAULT_START

@@ -601,3 +601,102 @@ def test_a_poison_event_does_not_fail_its_batch(api: Api) -> None:
     for i, resp in enumerate(answers):
         assert resp.status_code == (202 if i % 2 else 422), resp.text
     assert api.stored(src["id"]) == 32
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+def _locs(problem: dict) -> set[tuple]:
+    return {tuple(e["loc"]) for e in problem.get("errors", [])}
+
+
+HUGE = ["P99999999999D", "PT99999999999999999999S", "P3000000D", "P1" + "0" * 400 + "D"]
+
+
+@pytest.mark.parametrize("huge", HUGE)
+def test_huge_durations_of_sources_are_422(api: Api, huge: str) -> None:
+    created = api.admin(
+        "POST", "/v1/sources", json={"name": "s", "scheme": "hmac", "tolerance": huge}
+    )
+    problem = assert_problem(created, 422)
+    assert ("body", "tolerance") in _locs(problem), problem
+    assert "100 years" in dumps(problem).decode()
+    src = api.create_source("hmac")
+    patched = api.admin("PATCH", f"/v1/sources/{src['id']}", json={"tolerance": huge})
+    assert ("body", "tolerance") in _locs(assert_problem(patched, 422))
+    rotated = api.admin("POST", f"/v1/sources/{src['id']}/rotate-secret", json={"overlap": huge})
+    assert ("body", "overlap") in _locs(assert_problem(rotated, 422))
+    shown = api.admin("GET", f"/v1/sources/{src['id']}").json()
+    assert shown["tolerance"] is None and shown["previous_valid_until"] is None
+
+
+def test_longest_duration_is_accepted(api: Api) -> None:
+    src = api.create_source("hmac", tolerance="P36525D")
+    assert src["tolerance"] == "P36525D"
+
+
+def _pipeline_body(**stage: object) -> dict:
+    return {
+        "name": f"p {uid()}",
+        "type": "sales",
+        "currency": "USD",
+        "stages": [
+            {"key": "lead", "name": "Lead", "probability": 10, **stage},
+            {"key": "won", "name": "Won", "probability": 100, "outcome": "won"},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        (_pipeline_body(rotting="P3000000D"), ("stages", 0, "rotting")),
+        (_pipeline_body(rotting="P99999999999D"), ("stages", 0, "rotting")),
+        (_pipeline_body(sla={"target": "P3000000D"}), ("stages", 0, "sla", "target")),
+        (
+            _pipeline_body(approval={"approvers": ["a"], "timeout": "P3000000D"}),
+            ("stages", 0, "approval", "timeout"),
+        ),
+        (
+            {
+                **_pipeline_body(),
+                "automations": [
+                    {
+                        "name": "late",
+                        "trigger": {"on": "time_in_stage", "stage": "lead", "after": "P3000000D"},
+                        "actions": [{"do": "move_to_stage", "stage": "won"}],
+                    }
+                ],
+            },
+            ("automations", 0, "trigger", "after"),
+        ),
+    ],
+)
+def test_huge_durations_of_pipelines_are_422(api: Api, body: dict, loc: tuple) -> None:
+    problem = assert_problem(api.admin("POST", "/v1/pipelines", json=body), 422)
+    assert any(tuple(e["loc"])[-len(loc) :] == loc for e in problem["errors"]), problem
+    assert "100 years" in dumps(problem).decode()
+
+
+@pytest.mark.parametrize(
+    ("script", "loc"),
+    [
+        ({"steps": [{"do": "wait", "for": "P3000000D"}]}, ("steps", 0, "for")),
+        (
+            {"start_at": "9999-12-31T23:59:59Z", "steps": [{"do": "wait", "for": "P1D"}]},
+            ("start_at",),
+        ),
+        ({"steps": [{"do": "wait", "for": "P36525D"}] * 100}, ("steps", 69, "for")),
+        (
+            {"steps": [{"do": "activity", "kind": "call", "after": "P36525D"}] * 100},
+            ("steps", 69, "after"),
+        ),
+        ({"steps": [{"do": "activity", "at": "9500-01-01T00:00:00Z"}]}, ("steps", 0, "at")),
+        ({"start_at": "0001-01-01T00:00:00Z"}, ("start_at",)),
+    ],
+)
+def test_simulation_clock_out_of_range_is_422(api: Api, script: dict, loc: tuple) -> None:
+    pipeline = api.create_pipeline()
+    resp = api.admin("POST", f"/v1/pipelines/{pipeline}/simulate", json=script)
+    problem = assert_problem(resp, 422)
+    assert any(tuple(e["loc"])[-len(loc) :] == loc for e in problem["errors"]), problem
