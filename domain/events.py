@@ -2,22 +2,50 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from domain.deal import Problem
+from domain.text import NoControl, NoControlAtAll, NulFreeJson
 
-Id = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+def _addressable(value: str) -> str:
+    """A deal is read at ``/v1/deals/{deal_id}``: an id that no URL path can carry is refused."""
+    if "/" in value:
+        raise PydanticCustomError(
+            "unaddressable_id", "must not contain '/' (the id is a segment of a URL path)"
+        )
+    if value in (".", ".."):
+        raise PydanticCustomError(
+            "unaddressable_id", "cannot be '.' or '..' (the id is a segment of a URL path)"
+        )
+    return value
+
+
+Id = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    NoControlAtAll,
+    AfterValidator(_addressable),
+]
+"""A deal's or a pipeline's id: no control characters, no '/', not '.' or '..'."""
+Title = Annotated[str, StringConstraints(max_length=500), NoControl]
+Owner = Annotated[str, StringConstraints(max_length=200), NoControl]
+"""As long as the deals table's owner column."""
+Fields = Annotated[dict[str, Any], NulFreeJson]
 Namespace = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 """Where an external id comes from, e.g. ``stripe_customer``, ``github_issue``, ``hubspot``."""
 ExternalId = Annotated[
@@ -59,34 +87,40 @@ class _ForOneDeal(_Data):
 class DealCreated(_Data):
     deal_id: Id
     pipeline_id: Id
-    title: Annotated[str, StringConstraints(max_length=500)]
+    title: Title
     value: float = Field(ge=0)
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
-    owner: str | None = None
-    fields: dict[str, Any] = Field(default_factory=dict)
-    stage: str | None = None
+    owner: Owner | None = None
+    fields: Fields = Field(default_factory=dict)
+    stage: Annotated[str, StringConstraints(max_length=64), NoControlAtAll] | None = None
     external_ids: dict[Namespace, ExternalId] | None = None
     """Ids other systems know this deal by (``{"stripe_customer": "cus_…"}``): events with a
     ``deal_ref`` to one of them are routed to this deal."""
 
 
 class DealUpdated(_ForOneDeal):
-    fields: dict[str, Any] | None = None
+    fields: Fields | None = None
     value: float | None = Field(None, ge=0)
-    title: str | None = None
-    owner: str | None = None
+    title: Title | None = None
+    owner: Owner | None = None
     external_ids: dict[Namespace, ExternalId] | None = None
 
 
 class DealActivity(_ForOneDeal):
-    kind: Annotated[str, StringConstraints(min_length=1, max_length=100)]
-    at: datetime | None = None
+    kind: Annotated[str, StringConstraints(min_length=1, max_length=100), NoControl]
+    at: AwareDatetime | None = None
+    """RFC 3339 with an offset (kept in UTC)."""
+
+    @field_validator("at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return value.astimezone(UTC) if value is not None else None
 
 
 class StageChangeRequested(_ForOneDeal):
-    to_stage: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    actor: str | None = None
-    fields: dict[str, Any] | None = None
+    to_stage: Annotated[str, StringConstraints(min_length=1, max_length=64), NoControlAtAll]
+    actor: Annotated[str, StringConstraints(max_length=200), NoControl] | None = None
+    fields: Fields | None = None
 
 
 EVENT_TYPES: dict[str, type[_Data]] = {

@@ -592,8 +592,10 @@ def test_a_poison_event_does_not_fail_its_batch(api: Api) -> None:
     src = api.create_source("hmac")
 
     def send(i: int) -> httpx.Response:
-        deal = uid() if i % 2 else "deal\u0000x"
-        body = dumps(native("deal.updated", deal_id=deal, title="t\u0000" if i % 3 else "t"))
+        # Bad (even i): a NUL in the deal id, or in the title (PostgreSQL text cannot hold it).
+        deal = "deal\u0000x" if i % 4 == 0 else uid()
+        title = "t\u0000" if i % 4 == 2 else "t"
+        body = dumps(native("deal.updated", deal_id=deal, title=title))
         return api.webhook(src["id"], body, sign_hmac(src["secret"], body, uid()))
 
     with ThreadPoolExecutor(16) as pool:
@@ -700,3 +702,62 @@ def test_simulation_clock_out_of_range_is_422(api: Api, script: dict, loc: tuple
     resp = api.admin("POST", f"/v1/pipelines/{pipeline}/simulate", json=script)
     problem = assert_problem(resp, 422)
     assert any(tuple(e["loc"])[-len(loc) :] == loc for e in problem["errors"]), problem
+
+
+def test_deal_ids_that_no_url_can_carry_are_422(api: Api) -> None:
+    src = api.create_source("hmac")
+    for deal_id in ["a/b", "../x", "..", ".", "/"]:
+        body = dumps(deal_created(deal_id=deal_id))
+        problem = refused(
+            api, src, api.webhook(src["id"], body, sign_hmac(src["secret"], body, uid())), 422
+        )
+        assert ("body", "data", "deal_id") in _locs(problem), (deal_id, problem)
+    for event in [
+        native("deal.updated", deal_id="a/b", title="t"),
+        native("deal.activity", deal_id="..", kind="call"),
+    ]:
+        body = dumps(event)
+        refused(api, src, api.webhook(src["id"], body, sign_hmac(src["secret"], body, uid())), 422)
+    body = dumps(deal_created(deal_id="a.b"))
+    assert api.webhook(src["id"], body, sign_hmac(src["secret"], body, uid())).status_code == 202
+
+
+def test_control_characters_in_native_events_are_422(api: Api) -> None:
+    """Refused at the ingress: on PostgreSQL the worker could never write such a deal."""
+    src = api.create_source("hmac")
+    pipeline_id = api.create_pipeline()
+    base = deal_created(pipeline_id=pipeline_id)["data"]
+    cases = [
+        (native("deal.created", **{**base, "title": "a\u0000b"}), "title"),
+        (native("deal.created", **{**base, "owner": "o\u0000"}), "owner"),
+        (native("deal.created", **{**base, "owner": "o" * 201}), "owner"),
+        (native("deal.created", **{**base, "fields": {"a": {"b": ["x\u0000"]}}}), "fields"),
+        (native("deal.created", **{**base, "fields": {"k\u0000": 1}}), "fields"),
+        (native("deal.created", **{**base, "pipeline_id": "p\u0007"}), "pipeline_id"),
+        (native("deal.updated", deal_id=uid(), title="t\u0000"), "title"),
+        (native("deal.updated", deal_id=uid(), fields={"a": "\u0000"}), "fields"),
+        (native("deal.activity", deal_id=uid(), kind="c\u0000"), "kind"),
+        (native("deal.stage_change_requested", deal_id=uid(), to_stage="w\u0000"), "to_stage"),
+        (
+            native("deal.stage_change_requested", deal_id=uid(), to_stage="w", actor="\u0000"),
+            "actor",
+        ),
+    ]
+    for event, field in cases:
+        body = dumps(event)
+        problem = refused(
+            api, src, api.webhook(src["id"], body, sign_hmac(src["secret"], body, uid())), 422
+        )
+        assert ("body", "data", field) in _locs(problem), (event, problem)
+    ok = native("deal.created", **{**base, "title": "line\nline", "fields": {"a": "\u0007"}})
+    body = dumps(ok)
+    assert api.webhook(src["id"], body, sign_hmac(src["secret"], body, uid())).status_code == 202
+
+
+def test_activity_time_needs_an_offset(api: Api) -> None:
+    src = api.create_source("hmac")
+    body = dumps(native("deal.activity", deal_id=uid(), kind="call", at="2027-01-01T00:00:00"))
+    problem = refused(
+        api, src, api.webhook(src["id"], body, sign_hmac(src["secret"], body, uid())), 422
+    )
+    assert ("body", "data", "at") in _locs(problem), problem
