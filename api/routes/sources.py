@@ -6,7 +6,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 from sqlmodel import select
 
 from api.auth import Admin, Ctx
@@ -15,12 +23,15 @@ from api.problems import ProblemError
 from dealflow.ids import new_id
 from domain.durations import Duration, format_duration
 from domain.signatures import generate_secret, validate_secret
+from domain.text import NoControl
 from store import links
 from store.models import Source
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoControl
+]
 Scheme = Literal["standard", "github", "stripe", "hmac"]
 
 
@@ -55,16 +66,33 @@ class SourceCreate(BaseModel):
     _cidrs = field_validator("ip_allowlist")(_check_cidrs)
 
 
+NOT_NULLABLE = ("name", "enabled", "ip_allowlist")
+"""What a PATCH may change but not clear (``rate_limit``, ``tolerance`` and ``mapping`` may be
+null: no limit of its own, the default tolerance, no mapping)."""
+
+
 class SourcePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name | None = None
     enabled: bool | None = None
-    ip_allowlist: list[str] | None = None
+    ip_allowlist: list[str] | None = Field(None, max_length=1000)
     rate_limit: RateLimit | None = None
     tolerance: Duration | None = None
     mapping: dict[str, Any] | None = None
 
     _cidrs = field_validator("ip_allowlist")(_check_cidrs)
+
+    @field_validator(*NOT_NULLABLE, mode="before")
+    @classmethod
+    def _not_null(cls, value: Any, info: ValidationInfo) -> Any:
+        # Runs only for a value that was given: left out, the field keeps its current value.
+        if value is None:
+            raise PydanticCustomError(
+                "not_nullable",
+                "'{field}' cannot be null: leave it out to keep the current value",
+                {"field": info.field_name},
+            )
+        return value
 
 
 class RotateBody(BaseModel):
@@ -208,11 +236,12 @@ def patch(source_id: str, body: SourcePatch, request: Request, ctx: Ctx, _: Admi
         if changes.get("enabled") is True:
             row.blocked_until = None
         row.updated_at = datetime.now(UTC)
+        out = _out(row, request)  # before the commit: a row that cannot be shown is not stored
         session.add(row)
         session.commit()
     if ctx.sources:
         ctx.sources.forget(source_id)
-    return _out(row, request)
+    return out
 
 
 @router.post("/{source_id}/rotate-secret", response_model=Rotated)

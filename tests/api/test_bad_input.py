@@ -612,6 +612,34 @@ def _locs(problem: dict) -> set[tuple]:
     return {tuple(e["loc"]) for e in problem.get("errors", [])}
 
 
+@pytest.mark.parametrize("field", ["name", "enabled", "ip_allowlist"])
+def test_patch_source_explicit_null_is_refused_and_nothing_written(api: Api, field: str) -> None:
+    src = api.create_source("hmac", ip_allowlist=["10.0.0.0/8"])
+    problem = assert_problem(
+        api.admin("PATCH", f"/v1/sources/{src['id']}", json={field: None}), 422
+    )
+    assert ("body", field) in _locs(problem), problem
+    assert field in problem["detail"]
+    shown = api.admin("GET", f"/v1/sources/{src['id']}")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()[field] == src[field]
+    assert api.admin("GET", "/v1/sources").status_code == 200
+    body = dumps(deal_created())
+    sent = api.webhook(src["id"], body, sign_hmac(src["secret"], body, uid()))
+    assert sent.status_code == 403, sent.text  # the allowlist still holds (not cleared)
+
+
+def test_patch_source_null_clears_what_may_be_cleared(api: Api) -> None:
+    src = api.create_source("hmac", tolerance="PT10M", rate_limit={"per_second": 5, "burst": 10})
+    resp = api.admin(
+        "PATCH",
+        f"/v1/sources/{src['id']}",
+        json={"tolerance": None, "rate_limit": None, "mapping": None},
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["tolerance"] is None and resp.json()["rate_limit"] is None
+
+
 HUGE = ["P99999999999D", "PT99999999999999999999S", "P3000000D", "P1" + "0" * 400 + "D"]
 
 
@@ -761,3 +789,18 @@ def test_activity_time_needs_an_offset(api: Api) -> None:
         api, src, api.webhook(src["id"], body, sign_hmac(src["secret"], body, uid())), 422
     )
     assert ("body", "data", "at") in _locs(problem), problem
+
+
+def test_mapping_test_needs_an_admin_key(api: Api) -> None:
+    src = api.create_source("hmac")
+    for role in ("viewer", "approver"):
+        key = api.admin(
+            "POST", "/v1/api-keys", json={"name": role, "role": role, "subject": uid()}
+        ).json()["key"]
+        for body in ({"payload": deal_created()}, {"payload": {}, "mapping": {"version": 1}}):
+            resp = api.http.post(
+                f"/v1/sources/{src['id']}/mapping:test",
+                json=body,
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert_problem(resp, 403)
