@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from sqlmodel import select
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
@@ -27,6 +27,7 @@ from activities.events import (
 from api.auth import Admin, Ctx, Viewer
 from api.pagination import Page, newest_first
 from api.problems import ProblemError
+from domain.text import NoControl, check_text
 from store.models import AuditEntry, Event
 from workflows.replay import ReplayInput, ReplayProgress
 
@@ -61,12 +62,22 @@ class DeadLetterDetail(DeadLetterOut):
 
 
 class DiscardRequest(BaseModel):
-    reason: str = Field(min_length=1, max_length=2000)
+    model_config = ConfigDict(extra="forbid")
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=2000), NoControl]
 
 
 class BulkReplayRequest(ReplayFilter):
+    """The filter and the pace; a field it does not know is refused (a typo would otherwise
+    widen the filter to every dead letter)."""
+
+    model_config = ConfigDict(extra="forbid")
     batch: int = Field(100, ge=1, le=1000)
     pause_seconds: float = Field(1.0, ge=0, le=3600)
+
+    @field_validator("source_id", "type", "deal_id", "error_contains")
+    @classmethod
+    def _no_control(cls, value: str | None) -> str | None:
+        return check_text(value) if value is not None else None
 
 
 class BulkReplayStarted(BaseModel):

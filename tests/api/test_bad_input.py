@@ -732,6 +732,12 @@ def test_simulation_clock_out_of_range_is_422(api: Api, script: dict, loc: tuple
     assert any(tuple(e["loc"])[-len(loc) :] == loc for e in problem["errors"]), problem
 
 
+def test_bulk_replay_refuses_unknown_fields(api: Api) -> None:
+    problem = assert_problem(api.admin("POST", "/v1/dead-letters/replay", json={"bogus": 1}), 422)
+    assert ("body", "bogus") in _locs(problem), problem
+    assert "bogus" in problem["detail"]
+
+
 def test_deal_ids_that_no_url_can_carry_are_422(api: Api) -> None:
     src = api.create_source("hmac")
     for deal_id in ["a/b", "../x", "..", ".", "/"]:
