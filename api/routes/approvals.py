@@ -6,7 +6,7 @@ import asyncio
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, StringConstraints
 from sqlmodel import select
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
@@ -14,6 +14,7 @@ from temporalio.service import RPCError
 from api.auth import Approver, Ctx
 from api.problems import ProblemError
 from api.temporal_errors import problem_from
+from domain.text import NoControl
 from store.models import Approval
 from workflows.messages import DecisionReply, DecisionRequest, deal_workflow_id
 
@@ -23,7 +24,7 @@ router = APIRouter(prefix="/v1/approvals", tags=["approvals"])
 class DecisionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     decision: Literal["approve", "reject"]
-    comment: str | None = Field(None, max_length=2000)
+    comment: Annotated[str, StringConstraints(max_length=2000), NoControl] | None = None
 
 
 def approval_out(row: Approval) -> dict[str, Any]:

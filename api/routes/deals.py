@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from sqlmodel import select
 from starlette.responses import Response
 from temporalio.client import WorkflowUpdateFailedError
@@ -20,6 +20,7 @@ from api.pagination import Page
 from api.problems import ProblemError
 from api.temporal_errors import problem_from
 from domain.deal import Actor
+from domain.text import NoControlAtAll, NulFreeJson
 from store import links
 from store.models import Deal, DealHistory, DealLink, Task
 from workflows.messages import (
@@ -34,13 +35,19 @@ router = APIRouter(prefix="/v1/deals", tags=["deals"])
 
 class TransitionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    to_stage: str = Field(min_length=1, max_length=64)
-    fields: dict[str, Any] = Field(default_factory=dict)
+    to_stage: Annotated[str, StringConstraints(min_length=1, max_length=64), NoControlAtAll]
+    fields: Annotated[dict[str, Any], NulFreeJson] = Field(default_factory=dict)
 
 
 class SnoozeBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    until: datetime
+    until: AwareDatetime
+    """RFC 3339 with an offset (``Z`` or ``+02:00``); kept in UTC."""
+
+    @field_validator("until")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
 
 
 def deal_view(row: Deal, external_ids: dict[str, str]) -> dict[str, Any]:
@@ -79,6 +86,17 @@ def etag_of(row: Deal, external_ids: dict[str, str]) -> str:
     linked = orjson.dumps(external_ids, option=orjson.OPT_SORT_KEYS).decode()
     digest = hashlib.sha256(f"{row.deal_id}\0{row.revision}\0{linked}".encode()).hexdigest()
     return f'"{digest[:20]}"'
+
+
+def none_match(header: str | None, etag: str) -> bool:
+    """Whether ``If-None-Match`` matches ``etag`` (RFC 9110 13.1.2): ``*`` matches any current
+    representation, and the comparison is weak (``W/"x"`` matches ``"x"``)."""
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    opaque = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == opaque for tag in header.split(","))
 
 
 def _load(ctx: Ctx, deal_id: str) -> tuple[Deal, dict[str, str]]:
@@ -148,7 +166,7 @@ def index(
 def show(deal_id: str, request: Request, ctx: Ctx, _: Viewer) -> Response:
     row, external_ids = _load(ctx, deal_id)
     etag = etag_of(row, external_ids)
-    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+    if none_match(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers={"ETag": etag})
     return Response(
         orjson.dumps(deal_view(row, external_ids)),

@@ -10,12 +10,15 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from api.auth import Admin, Ctx, forget_cached_keys
 from api.problems import ProblemError
+from domain.text import NoControl
 from store.keys import create_key, list_keys
 from store.models import ApiKey
 
 router = APIRouter(prefix="/v1/api-keys", tags=["keys"])
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Text = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoControl
+]
 
 
 class KeyCreate(BaseModel):

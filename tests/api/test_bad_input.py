@@ -738,6 +738,12 @@ def test_bulk_replay_refuses_unknown_fields(api: Api) -> None:
     assert "bogus" in problem["detail"]
 
 
+def test_snooze_needs_an_offset(api: Api) -> None:
+    resp = api.admin("POST", f"/v1/deals/{uid()}/snooze", json={"until": "2027-01-01T00:00:00"})
+    problem = assert_problem(resp, 422)
+    assert ("body", "until") in _locs(problem), problem
+
+
 def test_deal_ids_that_no_url_can_carry_are_422(api: Api) -> None:
     src = api.create_source("hmac")
     for deal_id in ["a/b", "../x", "..", ".", "/"]:
@@ -754,6 +760,40 @@ def test_deal_ids_that_no_url_can_carry_are_422(api: Api) -> None:
         refused(api, src, api.webhook(src["id"], body, sign_hmac(src["secret"], body, uid())), 422)
     body = dumps(deal_created(deal_id="a.b"))
     assert api.webhook(src["id"], body, sign_hmac(src["secret"], body, uid())).status_code == 202
+
+
+@pytest.mark.parametrize("char", ["\u0000", "\u0007", "\u001b"])
+def test_control_characters_in_names_are_422(api: Api, char: str) -> None:
+    bad = f"a{char}b"
+    for path, body, loc in [
+        ("/v1/api-keys", {"name": bad, "role": "viewer", "subject": "s"}, ("body", "name")),
+        ("/v1/api-keys", {"name": "n", "role": "viewer", "subject": bad}, ("body", "subject")),
+        ("/v1/sources", {"name": bad, "scheme": "hmac"}, ("body", "name")),
+        (
+            "/v1/approvals/apr_x/decision",
+            {"decision": "approve", "comment": bad},
+            ("body", "comment"),
+        ),
+        ("/v1/dead-letters/replay", {"error_contains": bad}, ("body", "error_contains")),
+        ("/v1/dead-letters/evt_x/discard", {"reason": bad}, ("body", "reason")),
+        (f"/v1/deals/{uid()}/transitions", {"to_stage": bad}, ("body", "to_stage")),
+    ]:
+        problem = assert_problem(api.admin("POST", path, json=body), 422)
+        assert loc in _locs(problem), (path, problem)
+        assert "control characters" in dumps(problem).decode()
+    src = api.create_source("hmac")
+    patched = api.admin("PATCH", f"/v1/sources/{src['id']}", json={"name": bad})
+    assert ("body", "name") in _locs(assert_problem(patched, 422))
+    assert api.admin("GET", f"/v1/sources/{src['id']}").json()["name"] == src["name"]
+
+
+def test_tab_and_newline_are_text(api: Api) -> None:
+    resp = api.admin(
+        "POST",
+        "/v1/api-keys",
+        json={"name": "two\nlines\tand a tab", "role": "viewer", "subject": "s"},
+    )
+    assert resp.status_code == 201, resp.text
 
 
 def test_control_characters_in_native_events_are_422(api: Api) -> None:
@@ -810,3 +850,37 @@ def test_mapping_test_needs_an_admin_key(api: Api) -> None:
                 headers={"Authorization": f"Bearer {key}"},
             )
             assert_problem(resp, 403)
+
+
+def test_if_none_match_star_and_weak_tags_are_304(api: Api) -> None:
+    from datetime import UTC, datetime
+
+    from store.models import Deal
+
+    deal_id = uid("deal")
+    now = datetime.now(UTC)
+    with api.db.session() as session:
+        session.add(
+            Deal(
+                deal_id=deal_id,
+                pipeline_id="pl_x",
+                pipeline_version=1,
+                stage="lead",
+                stage_entered_at=now,
+                status="open",
+                title="t",
+            )
+        )
+        session.commit()
+    first = api.admin("GET", f"/v1/deals/{deal_id}")
+    assert first.status_code == 200, first.text
+    etag = first.headers["ETag"]
+    for header in [etag, "*", f"W/{etag}", f'"other", W/{etag}', f'"x" ,{etag}']:
+        resp = api.admin("GET", f"/v1/deals/{deal_id}", headers={"If-None-Match": header})
+        assert resp.status_code == 304, (header, resp.status_code)
+        assert resp.headers["ETag"] == etag
+    for header in ['"other"', 'W/"other"', ""]:
+        resp = api.admin("GET", f"/v1/deals/{deal_id}", headers={"If-None-Match": header})
+        assert resp.status_code == 200, (header, resp.status_code)
+    missing = api.admin("GET", f"/v1/deals/{uid()}", headers={"If-None-Match": "*"})
+    assert_problem(missing, 404)
