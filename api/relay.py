@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import bindparam, func, select, update
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
@@ -29,6 +30,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.events import WAITING, record_handoff_failures
 from api.metrics import HANDED_OFF, PENDING_HANDOFF
 from domain.events import DealEvent
+from domain.sizes import PAYLOAD_BUDGET_BYTES
 from store import links
 from store.db import Database
 from store.events import EVENTS, claim, mark_processing, release
@@ -282,6 +284,12 @@ class Relay:
         return len(refused) - dead
 
     async def _send(self, client: Client, deal_id: str, events: list[Pending]) -> None:
+        """Signal-with-start the deal's workflow with its events, in order, as few signals as
+        fit the payload budget (a signal over Temporal's limit would be refused whole)."""
+        for piece in _pieces(events):
+            await self._signal(client, deal_id, piece)
+
+    async def _signal(self, client: Client, deal_id: str, events: list[Pending]) -> None:
         batch = EventBatch(
             events=[
                 DealEvent(
@@ -306,6 +314,23 @@ class Relay:
                 search_attributes=TypedSearchAttributes([SearchAttributePair(DEAL_ID, deal_id)]),
                 static_summary=f"Deal {deal_id}",
             )
+
+
+def _pieces(events: list[Pending]) -> list[list[Pending]]:
+    """Consecutive runs of ``events`` whose payloads together fit ``PAYLOAD_BUDGET_BYTES`` (an
+    event larger than that on its own goes alone)."""
+    if not events:
+        return []
+    pieces: list[list[Pending]] = [[]]
+    size = 0
+    for event in events:
+        own = len(orjson.dumps(event.payload)) + 200  # the envelope: ids, type, times
+        if pieces[-1] and size + own > PAYLOAD_BUDGET_BYTES:
+            pieces.append([])
+            size = 0
+        pieces[-1].append(event)
+        size += own
+    return pieces
 
 
 TRANSIENT = {

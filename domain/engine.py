@@ -26,6 +26,7 @@ from domain.deal import (
 from domain.expressions import ExpressionError, evaluate, is_truthy
 from domain.pipeline import AutomationSpec, PipelineSnapshot, StageSpec
 from domain.rules import check_transition
+from domain.sizes import fields_problem
 
 MAX_CHAIN_DEPTH = 10
 
@@ -480,6 +481,8 @@ class Engine:
         if actor.automatic:
             actor = Actor(subject=actor.subject, role="admin", automatic=True)
         problems = check_transition(self.spec, view, to_stage, actor, fields or {})
+        if (too_large := fields_problem(deal.fields, fields)) is not None:
+            problems.append(Problem(code="too_large", loc=["fields"], msg=too_large))
         if pending is not None and pending.to_stage == to_stage:
             problems.append(
                 Problem(

@@ -27,7 +27,7 @@ __all__ = [
     "status_for",
 ]
 
-DATA_PROBLEMS = frozenset({"missing_required_field", "validation_failed"})
+DATA_PROBLEMS = frozenset({"missing_required_field", "validation_failed", "too_large"})
 
 
 def permits(permission: Permission, actor: Actor) -> bool:

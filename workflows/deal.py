@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.events import DealEvent
     from domain.pipeline import PipelineSnapshot
     from domain.rules import status_for
+    from domain.sizes import PAYLOAD_BUDGET_BYTES, fields_problem, json_size
     from workflows.messages import (
         DealContext,
         DealInput,
@@ -135,6 +136,7 @@ class DealWorkflow:
                 )
                 if (
                     len(self.inbox) > CARRY_LIMIT
+                    or (workflow.patched("carry-bytes") and self._inbox_too_large())
                     or self.wake
                     or self.outcomes
                     or self.dead
@@ -143,6 +145,10 @@ class DealWorkflow:
                 ):
                     continue
                 workflow.continue_as_new(self._carry())
+
+    def _inbox_too_large(self) -> bool:
+        """Unprocessed events too large to carry across continue-as-new (processed first)."""
+        return json_size([e.data for e in self.inbox]) > PAYLOAD_BUDGET_BYTES
 
     def _unrecorded(self) -> bool:
         engine = self.engine
@@ -260,6 +266,10 @@ class DealWorkflow:
                     )
                 except ActivityError as exc:
                     return self._dead(event, cause_message(exc))
+            if workflow.patched("fields-budget") and (
+                too_large := fields_problem({}, data.get("fields"))
+            ):
+                return self._failed(event, too_large)
             engine, problems = Engine.create(
                 snapshot,
                 deal_id=self.deal_id,
@@ -279,6 +289,10 @@ class DealWorkflow:
             return self._dead(event, f"deal {self.deal_id} does not exist (no deal.created yet)")
         engine = self.engine
         if event.type == "deal.updated":
+            if workflow.patched("fields-budget") and (
+                too_large := fields_problem(engine.deal.fields, data.get("fields"))
+            ):
+                return self._failed(event, too_large)
             engine.update(now, data)
         elif event.type == "deal.activity":
             engine.activity(now, data.get("kind", "activity"))
