@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from store.models import DealLink
@@ -52,8 +52,26 @@ def write(conn: Any, rows: list[dict[str, Any]]) -> None:
         key = (row["namespace"], row["external_id"])
         if key not in newest or newest[key]["linked_at"] <= row["linked_at"]:
             newest[key] = row
+    # A deal has one id per namespace: declaring another one releases the deal's older id
+    # there (unless that one was declared later still).
+    c = LINKS.c
+    fresh: list[dict[str, Any]] = []
+    for row in newest.values():
+        others = (
+            c.deal_id == row["deal_id"],
+            c.namespace == row["namespace"],
+            c.external_id != row["external_id"],
+        )
+        if conn.execute(
+            select(c.external_id).where(*others, c.linked_at > row["linked_at"])
+        ).first():
+            continue  # the deal declared another id there later
+        conn.execute(delete(LINKS).where(*others))
+        fresh.append(row)
+    if not fresh:
+        return
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(LINKS).values(list(newest.values()))
+    stmt = dialect.insert(LINKS).values(fresh)
     conn.execute(
         stmt.on_conflict_do_update(
             index_elements=["namespace", "external_id"],

@@ -73,7 +73,8 @@ class DealLink(SQLModel, table=True):
     """An id another system knows a deal by (``stripe_customer`` ``cus_…``), declared in the
     ``external_ids`` of a ``deal.created`` or ``deal.updated`` event and written with that
     event, in its transaction; events with a ``deal_ref`` are routed through it. One id names
-    one deal: a later declaration (by ``linked_at``) takes the id over."""
+    one deal, and a deal has one id per namespace: a later declaration (by ``linked_at``)
+    takes an id over, and releases the deal's earlier id in that namespace."""
 
     __tablename__ = "deal_links"
     namespace: str = Field(primary_key=True, max_length=64)

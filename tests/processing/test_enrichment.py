@@ -145,6 +145,19 @@ def test_links_follow_the_newest_declaration_and_a_duplicate_takes_nothing_back(
         assert links.of_deal(conn, "deal_c") == {"crm": "42"}
         assert links.of_deal(conn, "deal_a") == {}
 
+    # A deal has one id per namespace: a newer one releases the old; an older one changes
+    # nothing.
+    renamed = new_event("deal_c", {"external_ids": {"crm": "99"}}, at + timedelta(seconds=3))
+    stale = new_event("deal_c", {"external_ids": {"crm": "77"}}, at + timedelta(seconds=2.5))
+    accept_many(own_db, [renamed])
+    accept_many(own_db, [stale])
+    with own_db.engine.connect() as conn:
+        assert links.of_deal(conn, "deal_c") == {"crm": "99"}
+        assert links.resolve(conn, [("crm", "42"), ("crm", "77")]) == {}
+    accept_many(
+        own_db, [new_event("deal_c", {"external_ids": {"crm": "42"}}, at + timedelta(seconds=4))]
+    )
+
     def pending(payload: dict[str, Any]) -> Pending:
         return Pending(
             id=f"evt_{uuid.uuid4().hex[:16]}",
