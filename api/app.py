@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import problems
+from api.body_limit import limit_body
 from api.context import AppContext
 from api.ingress.clientip import parse_network
 from api.ingress.limits import LocalLimiter
@@ -90,11 +91,13 @@ async def _connect_forever(ctx: AppContext) -> None:
 class DealflowAPI(FastAPI):
     """FastAPI, with the webhook ingress served on a fast path (see ``serve_ingress``)."""
 
+    max_body_bytes = 1024 * 1024
+
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if is_ingress(scope):
             await serve_ingress(self, scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+        await limit_body(super().__call__, self.max_body_bytes, scope, receive, send)
 
 
 def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
@@ -130,6 +133,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    app.max_body_bytes = settings.max_body_bytes
     problems.install(app)
     for module in (ops, webhooks, keys, sources, events, pipelines, migrations, deals, approvals):
         app.include_router(module.router)
