@@ -287,6 +287,8 @@ def postprocess(doc: dict[str, Any], access: dict[tuple[str, str], str | None]) 
             op.pop("security", None)
         if any(p.get("in") == "path" for p in op.get("parameters", [])):
             _add(responses, 404)
+        if "requestBody" in op:  # api/body_limit.py (the webhook route declares its own)
+            _add(responses, 413, "The body is over DEALFLOW_MAX_BODY_BYTES (1 MiB by default)")
         for status, description in EXTRA.get((method, path), {}).items():
             _add(responses, status, description)
         for parameter in PARAMETERS.get((method, path), []):
