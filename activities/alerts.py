@@ -86,7 +86,7 @@ CIRCUIT_VALUE = {"closed": 0.0, "half_open": 0.5, "open": 1.0}
 for _result in ("delivered", "failed", "abandoned"):
     ALERT_DELIVERIES.labels(_result)
 
-OUTCOMES = ("processed", "failed", "dead_lettered", "discarded")
+OUTCOMES = ("processed", "failed", "dead_lettered")
 """Statuses of events with a recorded outcome (``processed_at``); all but the first are failures."""
 
 

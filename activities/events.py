@@ -6,8 +6,9 @@ handed over) → ``processing`` (in its deal workflow's durable inbox) → ``pro
 ``failed`` (a business refusal: final) | ``dead_lettered`` (a processing error: replayable).
 An operator's replay puts a dead letter back to ``accepted`` with ``replays + 1`` (the deal
 workflow dedups on ``event_id#replays``, so it applies it once more, exactly once); a discard
-makes it ``discarded`` (final). Every step is a row in ``event_attempts``; every operator
-action an ``audit_log`` entry with who and when.
+makes it ``failed`` (final; the contract's statuses have no other final one for it), its
+``last_error`` saying who discarded it and why. Every step is a row in ``event_attempts``;
+every operator action an ``audit_log`` entry with who and when.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from workflows.messages import RecordInput, deal_workflow_id
 
 log = logging.getLogger("dealflow.events")
 
-FINAL = ("processed", "failed", "discarded")
+FINAL = ("processed", "failed")
 STUCK = ("queued", "processing")
 WAITING = ("accepted", "queued")  # not yet handed to a deal workflow
 
@@ -291,7 +292,10 @@ def discard(db: Database, event_id: str, actor: str | None, reason: str) -> Even
         _leave_dead_letters(
             session,
             event_id,
-            {"status": "discarded"},
+            {
+                "status": "failed",
+                "last_error": f"discarded by {actor or 'an operator'}: {reason}"[:4000],
+            },
             kind="discarded",
             action="dead_letter.discard",
             actor=actor,

@@ -59,7 +59,7 @@ def pipeline_columns(url: str) -> set[str]:
 
 
 def test_one_head_and_it_matches_the_models(migrated_url: str) -> None:
-    assert ScriptDirectory.from_config(alembic_config(migrated_url)).get_heads() == ["0006"]
+    assert ScriptDirectory.from_config(alembic_config(migrated_url)).get_heads() == ["0007"]
     assert drift(migrated_url) == []
 
 

@@ -448,7 +448,7 @@ async def test_the_failure_rate_is_raised_once_a_window_by_all_workers(
 ) -> None:
     clock = Clock()
     window = int(clock.now.timestamp() // 60)
-    outcomes(fresh_db, clock.now, processed=8, failed=4, dead_lettered=7, discarded=1)
+    outcomes(fresh_db, clock.now, processed=8, failed=5, dead_lettered=7)
     outcomes(fresh_db, clock.now - timedelta(minutes=2), dead_lettered=50)  # an older window
     other = Database(fresh_db.url)
     with Receiver() as receiver:

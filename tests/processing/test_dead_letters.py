@@ -66,8 +66,11 @@ async def test_discard_with_a_reason(live_api: Api) -> None:
     resp = api.admin("POST", f"/v1/dead-letters/{ghost}/discard", json={"reason": "test noise"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body["status"] == "discarded"
+    assert body["status"] == "failed", "a status the contract lists, final"
+    assert body["last_error"] == f"discarded by {ADMIN_SUBJECT}: test noise"
     assert body["history"][-1]["kind"] == "discarded"
+    assert api.event(ghost)["status"] == "failed"
+    assert ghost not in [d["event_id"] for d in api.admin("GET", "/v1/dead-letters").json()["data"]]
     assert body["history"][-1]["data"] == {"reason": "test noise"}
     again = api.admin("POST", f"/v1/dead-letters/{ghost}/discard", json={"reason": "again"})
     assert again.status_code == 409
