@@ -16,6 +16,7 @@ from api.ingress.clientip import parse_network
 from api.ingress.limits import LocalLimiter
 from api.ingress.writer import EventWriter
 from api.openapi import build_openapi
+from api.path_guard import nul_in, refuse
 from api.relay import Relay
 from api.routes import (
     approvals,
@@ -96,6 +97,9 @@ class DealflowAPI(FastAPI):
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if is_ingress(scope):
             await serve_ingress(self, scope, receive, send)
+            return
+        if scope["type"] == "http" and (refusal := nul_in(scope)) is not None:
+            await refuse(scope, receive, send, *refusal)
             return
         await limit_body(super().__call__, self.max_body_bytes, scope, receive, send)
 
