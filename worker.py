@@ -21,6 +21,7 @@ from activities.events import PROCESSING_WORKFLOWS, processing_activities, watch
 from activities.migration import MigrationActivities
 from activities.pipelines import PipelineActivities
 from dealflow.logs import setup_logging
+from dealflow.prometheus import use_dealflow_names
 from dealflow.settings import Settings, load_settings
 from dealflow.temporal import connect, ensure_search_attributes
 from store.db import Database
@@ -99,6 +100,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     await ensure_search_attributes(client, settings.temporal_namespace)
     metrics = None
     if settings.metrics_port:
+        use_dealflow_names()
         metrics, _ = start_http_server(settings.metrics_port, addr=settings.api_host)
     worker = build_worker(client, db, settings)
     watch_dead_letters(db)

@@ -34,6 +34,7 @@ from api.routes.webhooks import is_ingress, serve_ingress
 from api.sources_cache import SourceCache
 from dealflow.crypto import SecretBox
 from dealflow.local import ensure_secret
+from dealflow.prometheus import use_dealflow_names
 from dealflow.settings import Settings
 from dealflow.temporal import connect, ensure_search_attributes
 from store.db import Database
@@ -137,6 +138,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    use_dealflow_names()
     app.max_body_bytes = settings.max_body_bytes
     problems.install(app)
     for module in (ops, webhooks, keys, sources, events, pipelines, migrations, deals, approvals):

@@ -650,3 +650,6 @@ async def test_the_worker_serves_the_alert_metrics(
     assert ("dealflow_alert_deliveries_total", (("result", "abandoned"),)) in after
     assert ("dealflow_alerts_pending", ()) in after
     assert verified(receiver.requests[0])["data"]["event_id"] == event_id
+    # Every series is a dealflow_ one (the contract), the process's own included.
+    assert {name for name, _ in after if not name.startswith("dealflow_")} == set()
+    assert ("dealflow_process_resident_memory_bytes", ()) in after
