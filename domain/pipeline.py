@@ -3,6 +3,13 @@
 These models only describe shape (types, ranges, formats). Cross-field checks that need the whole
 pipeline (duplicate keys, unknown stage references, automation cycles) live in
 ``domain.validation`` so that every problem can be reported at once.
+
+What an admin submits may not hold control characters (``domain.text``: none at all in keys,
+subjects and field names, none but tab and newline in names, descriptions and templates; a NUL
+is not a PostgreSQL string). That check runs when a submission is validated with
+:data:`INPUT_CONTEXT` (``domain.validation.parse_and_validate`` does), not when a stored version
+or a deal workflow's snapshot is read back: a version saved before the check existed stays
+readable, and the workflows running on it keep replaying.
 """
 
 from __future__ import annotations
@@ -10,12 +17,49 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo
 
 from domain.durations import Duration
+from domain.text import check_id_text, check_nul_free, check_text
 
-StageKey = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-Subject = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+INPUT_CONTEXT = {"pipeline_input": True}
+"""The validation context of a submitted pipeline: ``model_validate(data, context=INPUT_CONTEXT)``
+also refuses control characters."""
+
+
+def _on_input(check: Any) -> AfterValidator:
+    """``check`` (one of ``domain.text``'s) when validating a submission, nothing otherwise."""
+
+    def validate(value: Any, info: ValidationInfo) -> Any:
+        context = info.context
+        if isinstance(context, dict) and context.get("pipeline_input"):
+            return check(value)
+        return value
+
+    return AfterValidator(validate)
+
+
+NoControl = _on_input(check_text)
+"""``domain.text.NoControl`` for a submission: no C0 control character but tab and newline."""
+NoControlAtAll = _on_input(check_id_text)
+"""``domain.text.NoControlAtAll`` for a submission: no control character at all."""
+NulFreeJson = _on_input(check_nul_free)
+"""``domain.text.NulFreeJson`` for a submission: no NUL in any key or string."""
+
+StageKey = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), NoControlAtAll
+]
+Subject = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoControlAtAll
+]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoControl
+]
+"""A pipeline's, a stage's or an automation's name: one line or several, no other control
+character (PostgreSQL text cannot hold NUL)."""
+Text = Annotated[str, NoControl]
+Word = Annotated[str, NoControlAtAll]
+"""A field name, an integration, a recipient, an icon: no control character at all."""
 Color = Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$")]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 
@@ -36,8 +80,8 @@ class ValidationRule(Model):
     ``{"expr": "value > `0`", "message": "a deal needs a value"}``.
     """
 
-    expr: str = Field(min_length=1, max_length=2000)
-    message: str | None = None
+    expr: Annotated[str, Field(min_length=1, max_length=2000), NoControl]
+    message: Text | None = None
 
 
 class ApprovalSpec(Model):
@@ -50,13 +94,13 @@ class ApprovalSpec(Model):
 
 class StageSpec(Model):
     key: StageKey
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    name: Name
     probability: float = Field(ge=0, le=100)
     sla: SlaSpec | None = None
     rotting: Duration | None = None
     color: Color | None = None
-    icon: str | None = Field(None, max_length=64)
-    required_fields: list[str] = Field(default_factory=list)
+    icon: Annotated[str, Field(max_length=64), NoControlAtAll] | None = None
+    required_fields: list[Word] = Field(default_factory=list)
     validation: list[ValidationRule] = Field(default_factory=list)
     approval: ApprovalSpec | None = None
     outcome: Literal["won", "lost"] | None = None
@@ -84,7 +128,7 @@ TriggerOn = Literal[
 class TriggerSpec(Model):
     on: TriggerOn
     stage: StageKey | None = None
-    field: str | None = None
+    field: Word | None = None
     after: Duration | None = None
 
 
@@ -96,13 +140,13 @@ class MoveToStage(Model):
 class Notify(Model):
     do: Literal["notify"]
     channel: Literal["log", "webhook", "email"] = "log"
-    to: str | list[str]
-    template: str
+    to: Word | list[Word]
+    template: Text
 
 
 class CreateTask(Model):
     do: Literal["create_task"]
-    template: str
+    template: Text
     due_in: Duration | None = None
 
 
@@ -110,19 +154,19 @@ class AssignOwner(Model):
     do: Literal["assign_owner"]
     strategy: Literal["round_robin", "least_loaded", "by_field"] = "round_robin"
     among: list[Subject] = Field(default_factory=list)
-    field: str | None = None
+    field: Word | None = None
 
 
 class SetField(Model):
     do: Literal["set_field"]
-    field: str = Field(min_length=1)
-    value: Any = None
+    field: Annotated[str, Field(min_length=1), NoControlAtAll]
+    value: Annotated[Any, NulFreeJson] = None
 
 
 class CallIntegration(Model):
     do: Literal["call_integration"]
-    integration: str = Field(min_length=1)
-    payload: dict[str, Any] | None = None
+    integration: Annotated[str, Field(min_length=1), NoControlAtAll]
+    payload: Annotated[dict[str, Any], NulFreeJson] | None = None
 
 
 Action = Annotated[
@@ -132,7 +176,7 @@ Action = Annotated[
 
 
 class AutomationSpec(Model):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    name: Name
     trigger: TriggerSpec
     conditions: list[ValidationRule] = Field(default_factory=list)
     actions: list[Action] = Field(min_length=1)
@@ -141,24 +185,24 @@ class AutomationSpec(Model):
 class BusinessCalendar(Model):
     """Business hours an SLA clock runs in (optional; without it SLAs count wall-clock time)."""
 
-    timezone: str = "UTC"
+    timezone: Word = "UTC"
     weekdays: list[Annotated[int, Field(ge=0, le=6)]] = Field(
         default_factory=lambda: [0, 1, 2, 3, 4]
     )
     start: str = Field("09:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     end: str = Field("17:00", pattern=r"^([01]\d|2[0-4]):[0-5]\d$")
-    holidays: list[str] = Field(default_factory=list)
+    holidays: list[Word] = Field(default_factory=list)
 
 
 class PipelineSpec(Model):
     """What an admin POSTs to ``/v1/pipelines`` (and PUTs for a new version)."""
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-    description: str | None = None
+    name: Name
+    description: Text | None = None
     type: Literal["sales", "support", "custom"] = "sales"
     currency: Currency = "USD"
     probability_mode: Literal["stage", "manual"] = "stage"
-    template: str | None = None
+    template: Word | None = None
     stages: list[StageSpec] = Field(default_factory=list)
     rules: RulesSpec = Field(default_factory=RulesSpec)
     automations: list[AutomationSpec] = Field(default_factory=list)

@@ -45,6 +45,7 @@ from domain.calendar import calendar_issues
 from domain.deal import Problem
 from domain.expressions import ExpressionError, compile_expression
 from domain.pipeline import (
+    INPUT_CONTEXT,
     Action,
     AssignOwner,
     AutomationSpec,
@@ -81,8 +82,13 @@ MAX_CYCLES = 25
 _CYCLE_SEARCH_BUDGET = 200_000
 
 _SLA_TRIGGERS = ("sla_warning", "sla_breached")
-_OPAQUE = "\x00"  # prefix of placeholder keys/names used while salvaging a malformed payload
-_ELSEWHERE = "\x00elsewhere"  # "left some stage without stage_exited automations of its own"
+# The prefix of the placeholder keys and names used while salvaging a malformed payload: a
+# private-use character, as placeholders must pass the models' own checks (no control character)
+# and no one writes a stage key with it.
+_OPAQUE = "\U000f0000"
+# "Left some stage without stage_exited automations of its own": a node of the cycle search,
+# never a stage key (a key cannot hold NUL).
+_ELSEWHERE = "\x00elsewhere"
 
 
 def _norm(text: str) -> str:
@@ -613,7 +619,7 @@ def _salvage_model(
     invalid: set[str] = set()
     for _ in range(len(data) + len(model.model_fields) + 2):
         try:
-            return model.model_validate(data), invalid
+            return model.model_validate(data, context=INPUT_CONTEXT), invalid
         except pydantic.ValidationError as exc:
             bad = {str(e["loc"][0]) for e in exc.errors() if e.get("loc")}
             if not bad:
@@ -638,9 +644,9 @@ def _salvage_items(items: Any, validate: Any, harmless: Any) -> Any:
     out = []
     for item in items:
         try:
-            out.append(validate(item))
+            out.append(validate(item, context=INPUT_CONTEXT))
         except pydantic.ValidationError:
-            out.append(validate(harmless))
+            out.append(validate(harmless, context=INPUT_CONTEXT))
     return out
 
 
@@ -726,7 +732,7 @@ def parse_and_validate(
     whole-pipeline checks still run on the parts that could be read, so the list is complete.
     """
     try:
-        spec = PipelineSpec.model_validate(payload)
+        spec = PipelineSpec.model_validate(payload, context=INPUT_CONTEXT)
     except pydantic.ValidationError as exc:
         problems = problems_from_validation_error(exc)
         if isinstance(payload, dict):

@@ -864,3 +864,85 @@ def test_template_placeholders_must_be_deal_fields() -> None:
         now=datetime(2025, 1, 1, tzinfo=UTC),
     )
     assert set(engine._context()) == TEMPLATE_FIELDS
+
+
+# -- control characters ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("name",), "Sa\x00les"),
+        (("description",), "a\x00b"),
+        (("stages", 0, "key"), "le\x00ad"),
+        (("stages", 0, "key"), "le\tad"),  # keys hold no control character at all
+        (("stages", 0, "name"), "Le\x1fad"),
+        (("stages", 0, "required_fields", 0), "bud\x00get"),
+        (("stages", 0, "validation", 0, "message"), "no\x00"),
+        (("stages", 0, "approval", "approvers", 0), "ana\x00"),
+        (("automations", 0, "name"), "hel\x00lo"),
+        (("automations", 0, "trigger", "field"), "bud\x00get"),
+        (("automations", 0, "actions", 0, "template"), "Hi\x00"),
+        (("automations", 0, "actions", 1, "field"), "f\x00"),
+        (("automations", 0, "actions", 1, "value"), {"k": "v\x00"}),
+        (("automations", 0, "actions", 2, "integration"), "crm\x00"),
+    ],
+)
+def test_a_control_character_is_named_where_it_is(path: tuple, value: Any) -> None:
+    data = payload(
+        description="ok",
+        automations=[
+            {
+                "name": "hello",
+                "trigger": {"on": "field_changed", "field": "budget"},
+                "actions": [
+                    {"do": "notify", "to": "ana", "template": "Hi {title}"},
+                    {"do": "set_field", "field": "f", "value": 1},
+                    {"do": "call_integration", "integration": "crm"},
+                ],
+            }
+        ],
+    )
+    data["stages"][0].update(
+        required_fields=["budget"],
+        validation=[{"expr": "value > `0`", "message": "a value"}],
+        approval={"approvers": ["ana"]},
+    )
+    spec, problems = parse_and_validate(copy.deepcopy(data))
+    assert spec is not None and problems == []
+    node: Any = data
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    spec, problems = parse_and_validate(data)
+    assert spec is None
+    assert [p.loc for p in problems] == [list(path)], problems
+    assert "NUL" in problems[0].msg or "control character" in problems[0].msg
+
+
+def test_names_and_descriptions_keep_tabs_and_newlines() -> None:
+    spec, problems = parse_and_validate(payload(name="Sales\tEU", description="one\r\ntwo"))
+    assert problems == [] and spec is not None and spec.description == "one\r\ntwo"
+
+
+def test_a_stage_with_a_nul_key_is_still_salvaged_for_the_other_checks() -> None:
+    data = payload()
+    data["stages"][1]["key"] = "quali\x00fied"
+    data["stages"][2]["name"] = "Lead"
+    _, problems = parse_and_validate(data)
+    assert [(p.code, p.loc) for p in problems] == [
+        ("invalid", ["stages", 1, "key"]),
+        ("duplicate_stage_name", ["stages", 2, "name"]),
+    ]
+
+
+def test_a_stored_version_with_a_control_character_stays_readable() -> None:
+    """Only a submission is checked: a version saved before the check (or a deal workflow's
+    snapshot of it) is read back as it was."""
+    data = payload(name="Old\x1bname")
+    data["stages"][0]["key"] = "le\tad"
+    data["stages"][1]["name"] = "Quali\x00fied"
+    spec = PipelineSpec.model_validate(data)
+    assert spec.stages[0].key == "le\tad"
+    assert PipelineSpec.model_validate(spec.model_dump(mode="json")) == spec
+    assert parse_and_validate(data)[0] is None
