@@ -143,7 +143,15 @@ def run_dev(settings: Settings) -> int:
             return 2
     sup = Supervisor()
 
+    signalled = False
+
     def on_signal(signum: int, _frame: object) -> None:
+        # Only the first signal interrupts: a second one (SIGTERM to the whole process group
+        # reaches both make and us, and make passes its own on) must not break the shutdown.
+        nonlocal signalled
+        if signalled:
+            return
+        signalled = True
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
