@@ -17,10 +17,22 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from domain.pipeline import BusinessCalendar
 
-__all__ = ["add_business_time", "calendar_issues", "validate_calendar"]
+__all__ = [
+    "GUARANTEED_WEEKS",
+    "add_business_time",
+    "calendar_issues",
+    "max_business_time",
+    "validate_calendar",
+    "working_week",
+]
 
 MAX_SCANNED_DAYS = 40_000
 """How many calendar days one computation may walk (about 110 years) before it gives up."""
+GUARANTEED_WEEKS = 5_200
+"""How many weeks of a calendar's working time :func:`max_business_time` promises (about 100
+years): the walk covers 5,714 whole weeks after the start's day, and the 514 left over absorb
+what daylight-saving changes take from working days (at most a day's window each, a few a
+year)."""
 
 
 def _parse_hhmm(text: str) -> tuple[int, int]:
@@ -75,6 +87,27 @@ def validate_calendar(cal: BusinessCalendar) -> list[str]:
     return [msg for _, msg in calendar_issues(cal)]
 
 
+def max_business_time(cal: BusinessCalendar) -> timedelta | None:
+    """The longest duration :func:`add_business_time` can add with ``cal`` from any start
+    (``None`` when ``cal`` has problems): :data:`GUARANTEED_WEEKS` of its working week, less a
+    working day's window for every holiday on a working weekday (past ones too, to be safe)."""
+    if calendar_issues(cal):
+        return None
+    weekdays = set(cal.weekdays)
+    holidays = {date.fromisoformat(h) for h in cal.holidays}
+    lost = sum(1 for h in holidays if h.weekday() in weekdays)
+    return max(timedelta(0), working_week(cal) * GUARANTEED_WEEKS - _working_day(cal) * lost)
+
+
+def _working_day(cal: BusinessCalendar) -> timedelta:
+    return timedelta(minutes=_minutes(cal.end) - _minutes(cal.start))
+
+
+def working_week(cal: BusinessCalendar) -> timedelta:
+    """The working time of a week without holidays (for a calendar without problems)."""
+    return _working_day(cal) * len(set(cal.weekdays))
+
+
 def _as_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValueError("business-time arithmetic needs an aware datetime (UTC)")
@@ -114,8 +147,10 @@ def add_business_time(
     weekdays = set(cal.weekdays)
     holidays = {date.fromisoformat(h) for h in cal.holidays}
     # In any 7 consecutive days one is a working weekday unless a holiday takes it, so a run of
-    # idle days longer than this means there is no working time left at all.
-    max_idle_days = 7 * (len(holidays) + 1)
+    # idle days longer than this means there is no working time left at all. The walk starts
+    # with yesterday and today, whose windows may be over before ``start``: they may be idle
+    # working days on top (a Sunday-only calendar, from a Sunday evening).
+    max_idle_days = 7 * (len(holidays) + 1) + 2
 
     remaining = duration
     cursor = start_utc

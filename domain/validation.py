@@ -12,7 +12,8 @@ submitted document (``["stages", 2, "key"]``, ``["automations", 0, "actions", 1,
 ``msg`` for people. Codes: ``no_stages``, ``duplicate_stage_key``, ``duplicate_stage_name``,
 ``unknown_stage``, ``invalid_trigger``, ``invalid_expression``, ``missing_outcome``,
 ``misplaced_outcome_stage``, ``no_open_stage``, ``unknown_template``, ``invalid_action``,
-``invalid_approval``, ``invalid_calendar``, ``automation_cycle``; and ``invalid`` for shape errors.
+``invalid_approval``, ``invalid_calendar``, ``sla_beyond_calendar`` (an SLA target longer than
+the business calendar can count), ``automation_cycle``; and ``invalid`` for shape errors.
 
 Automation cycles
 -----------------
@@ -36,19 +37,22 @@ import string
 import types
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pydantic
 from pydantic import BaseModel, TypeAdapter
 
-from domain.calendar import calendar_issues
+from domain.calendar import GUARANTEED_WEEKS, calendar_issues, max_business_time, working_week
 from domain.deal import Problem
+from domain.durations import format_duration
 from domain.expressions import ExpressionError, compile_expression
 from domain.pipeline import (
     INPUT_CONTEXT,
     Action,
     AssignOwner,
     AutomationSpec,
+    BusinessCalendar,
     CreateTask,
     MoveToStage,
     Notify,
@@ -93,6 +97,11 @@ _ELSEWHERE = "\x00elsewhere"
 
 def _norm(text: str) -> str:
     return text.strip().casefold()
+
+
+def _hours(value: timedelta) -> str:
+    hours = value.total_seconds() / 3600
+    return f"{hours:g} h"
 
 
 class _Checker:
@@ -329,6 +338,28 @@ class _Checker:
             return
         for sub_loc, msg in calendar_issues(self.spec.calendar):
             self.add("invalid_calendar", ["calendar", *sub_loc], msg)
+        self.check_business_time(self.spec.calendar)
+
+    def check_business_time(self, cal: BusinessCalendar) -> None:
+        """SLA clocks (the only ones that count business time) must be able to add their
+        target with the calendar, or entering the stage would fail."""
+        bound = max_business_time(cal)
+        if bound is None:
+            return  # the calendar's own problems are reported
+        week = working_week(cal)
+        for i, stage in enumerate(self.spec.stages):
+            if stage.sla is None or stage.sla.target <= bound:
+                continue
+            limit = format_duration(bound) if bound else "nothing"
+            self.add(
+                "sla_beyond_calendar",
+                ["stages", i, "sla", "target"],
+                f"SLA target {format_duration(stage.sla.target)} is more working time than the "
+                f"business calendar can count: with {_hours(week)} of working time a week"
+                + (f" and {len(set(cal.holidays))} holiday(s)" if cal.holidays else "")
+                + f", a target can be at most {limit} of working time "
+                f"({GUARANTEED_WEEKS} working weeks, about 100 years ahead)",
+            )
 
     # -- cycles -----------------------------------------------------------------------------------
 
