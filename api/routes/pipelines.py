@@ -34,7 +34,7 @@ from domain.activation import (
 )
 from domain.deal import Problem
 from domain.diff import diff_specs
-from domain.durations import format_duration
+from domain.durations import MAX_DURATION, MAX_DURATION_TEXT, format_duration
 from domain.pipeline import PipelineSnapshot, PipelineSpec
 from domain.simulation import Script, SimulationError, simulate
 from domain.templates import TEMPLATES, apply_template, template_summary
@@ -466,21 +466,18 @@ def activate(
     ``go_live_at`` on a pipeline that is live on another version (``active`` or ``test``)
     schedules the current version: the live version stays in effect, with its status, until
     that instant, then the scheduled one takes over (``active``, test mode off); ``scheduled``
-    in the answer shows it meanwhile. On a pipeline not live yet (or live on this very version)
-    a future ``go_live_at`` makes the status ``scheduled`` (or ``test``, with test mode) until
-    that instant and ``active`` (test mode off) from then on. Activating again without a future
-    ``go_live_at`` takes effect at once, switches test mode off or on and drops any pending
-    go-live.
+    in the answer shows it meanwhile. On a pipeline not live yet a future ``go_live_at`` makes
+    the status ``scheduled`` (or ``test``, with test mode) until that instant and ``active``
+    (test mode off) from then on. On a pipeline live on this very version a future
+    ``go_live_at`` is a 409: it would take the live version off the air until then (PUT a new
+    version first to schedule a change). Activating again without a future ``go_live_at``
+    takes effect at once, switches test mode off or on and drops any pending go-live.
+
+    ``go_live_at`` needs an offset and is kept in UTC; it may be at most 100 years ahead.
     """
     body = body or ActivateBody()
     now = _now()
-    go_live_at = body.go_live_at
-    if go_live_at is not None and (go_live_at.tzinfo is None or go_live_at.utcoffset() is None):
-        raise ProblemError(
-            422,
-            "go_live_at needs a time zone (RFC 3339, e.g. 2025-01-06T09:00:00Z)",
-            errors=[{"loc": ["body", "go_live_at"], "msg": "a time zone is required"}],
-        )
+    go_live_at = _go_live_at(body.go_live_at, now)
     later = go_live_at is not None and go_live_at > now
     with ctx.db.session() as session:
         row = _pipeline(session, pipeline_id)
@@ -488,6 +485,21 @@ def activate(
         live_version = _active_version(row, now)
         live_status, live_test_mode = _activation(row, now)
         live = is_live(row.status, row.active_version, row.scheduled_version, row.go_live_at, now)
+        if later and live and live_version == row.current_version:
+            raise ProblemError(
+                409,
+                f"version {live_version} of pipeline {pipeline_id} is already live "
+                f"({live_status}): a future go_live_at would take it off the air until then. "
+                "To schedule a change, PUT a new version first and activate that one with "
+                "go_live_at; to switch test mode, activate without go_live_at",
+                errors=[
+                    {
+                        "loc": ["body", "go_live_at"],
+                        "msg": f"version {live_version} is already live",
+                        "code": "already_live",
+                    }
+                ],
+            )
         if later and live and live_version != row.current_version:
             if body.test_mode and not live_test_mode:
                 raise ProblemError(
@@ -543,6 +555,35 @@ def activate(
     elif before is not None:
         anyio.from_thread.run(_cancel_go_live, ctx, pipeline_id)
     return out
+
+
+def _go_live_at(value: datetime | None, now: datetime) -> datetime | None:
+    """``go_live_at`` in UTC; a 422 without an offset, out of the representable range or more
+    than 100 years ahead (a go-live timer that long is more than Temporal can keep)."""
+    if value is None:
+        return None
+
+    def refuse(detail: str, msg: str) -> NoReturn:
+        raise ProblemError(422, detail, errors=[{"loc": ["body", "go_live_at"], "msg": msg}])
+
+    if value.tzinfo is None or value.utcoffset() is None:
+        refuse(
+            "go_live_at needs a time zone (RFC 3339, e.g. 2025-01-06T09:00:00Z)",
+            "a time zone is required",
+        )
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        refuse(
+            f"go_live_at {value.isoformat()} is not an instant of the years 1 to 9999 in UTC",
+            "out of range",
+        )
+    if utc - now > MAX_DURATION:
+        refuse(
+            f"go_live_at {utc.isoformat()} is more than {MAX_DURATION_TEXT} ahead",
+            f"at most {MAX_DURATION_TEXT} ahead",
+        )
+    return utc
 
 
 async def _schedule_go_live(ctx: Any, pipeline_id: str, version: int, at: datetime) -> None:

@@ -261,6 +261,17 @@ def test_test_mode_is_visible_and_switchable_and_go_live_is_scheduled(papi: Api)
     assert (resp.json()["status"], resp.json()["test_mode"]) == ("active", False)
 
     future = datetime.now(UTC) + timedelta(days=30)
+    # Live on the current version: a future go-live would take it off the air (a 409).
+    resp = papi.call(
+        "POST",
+        f"/v1/pipelines/{pid}/activate",
+        json={"go_live_at": future.isoformat(), "test_mode": True},
+    )
+    assert resp.status_code == 409, resp.text
+    assert resp.json()["errors"][0]["code"] == "already_live"
+
+    # A pipeline never live: test mode until its go-live, which can be moved.
+    pid = papi.create(body())["id"]
     resp = papi.call(
         "POST",
         f"/v1/pipelines/{pid}/activate",
@@ -268,7 +279,6 @@ def test_test_mode_is_visible_and_switchable_and_go_live_is_scheduled(papi: Api)
     )
     assert (resp.json()["status"], resp.json()["test_mode"]) == ("test", True)
     assert datetime.fromisoformat(resp.json()["go_live_at"]) == future
-    # The same version as the live one: no version to switch, v1 goes live (again) then.
     assert resp.json()["scheduled"]["version"] == 1
     resp = papi.call(
         "POST", f"/v1/pipelines/{pid}/activate", json={"go_live_at": future.isoformat()}
@@ -294,8 +304,6 @@ def test_test_mode_is_visible_and_switchable_and_go_live_is_scheduled(papi: Api)
             )
         ).all()
     assert [(r.data["status"], r.data["test_mode"]) for r in rows] == [
-        ("test", True),
-        ("active", False),
         ("test", True),
         ("scheduled", False),
     ]
