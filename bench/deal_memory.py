@@ -42,6 +42,9 @@ from workflows.search import SEARCH_ATTRIBUTES  # noqa: E402
 BIN = Path(sys.executable).parent
 SPEC = {
     "name": "bench",
+    "type": "sales",
+    "currency": "USD",
+    "probability_mode": "stage",
     "stages": [
         {"key": "lead", "name": "Lead", "probability": 10, "rotting": "P14D"},
         {"key": "won", "name": "Won", "probability": 100, "outcome": "won"},

@@ -48,6 +48,9 @@ ADMIN_TOKEN = "dfa_bench_migration_admin_token_0123"
 SECRET_KEY = "bench-migration-secret-key-0123456789"
 SOURCE = {
     "name": "Old sales",
+    "type": "sales",
+    "currency": "USD",
+    "probability_mode": "stage",
     "stages": [
         {"key": "lead", "name": "Lead", "probability": 10},
         {"key": "qualified", "name": "Qualified", "probability": 40},
@@ -57,6 +60,9 @@ SOURCE = {
 }
 TARGET = {
     "name": "New sales",
+    "type": "sales",
+    "currency": "USD",
+    "probability_mode": "stage",
     "stages": [
         {"key": "new", "name": "New", "probability": 5},
         {"key": "working", "name": "Working", "probability": 50},

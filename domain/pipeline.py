@@ -199,9 +199,10 @@ class PipelineSpec(Model):
 
     name: Name
     description: Text | None = None
-    type: Literal["sales", "support", "custom"] = "sales"
-    currency: Currency = "USD"
-    probability_mode: Literal["stage", "manual"] = "stage"
+    # Required, as the contract lists them (a ``template`` fills in type and probability_mode).
+    type: Literal["sales", "support", "custom"]
+    currency: Currency
+    probability_mode: Literal["stage", "manual"]
     template: Word | None = None
     stages: list[StageSpec] = Field(default_factory=list)
     rules: RulesSpec = Field(default_factory=RulesSpec)

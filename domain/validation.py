@@ -749,7 +749,16 @@ def _salvage_pipeline(payload: dict[str, Any]) -> tuple[PipelineSpec | None, boo
         raw["stages"] = stages
     if isinstance(raw.get("automations"), list):
         raw["automations"] = [_salvage_automation(i, a) for i, a in enumerate(raw["automations"])]
-    spec, _ = _salvage_model(PipelineSpec, raw, {"name": "pipeline", "automations": []})
+    # Stand-ins for what is missing or wrong at the top (reported already), so that the rest is
+    # still checked: a body without "currency" or "type" still hears that it has no stages.
+    stand_ins = {
+        "name": "pipeline",
+        "type": "custom",
+        "currency": "USD",
+        "probability_mode": "stage",
+        "automations": [],
+    }
+    spec, _ = _salvage_model(PipelineSpec, raw, stand_ins)
     return (spec if isinstance(spec, PipelineSpec) else None), skip_outcomes
 
 

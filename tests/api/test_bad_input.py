@@ -670,6 +670,7 @@ def _pipeline_body(**stage: object) -> dict:
         "name": f"p {uid()}",
         "type": "sales",
         "currency": "USD",
+        "probability_mode": "stage",
         "stages": [
             {"key": "lead", "name": "Lead", "probability": 10, **stage},
             {"key": "won", "name": "Won", "probability": 100, "outcome": "won"},

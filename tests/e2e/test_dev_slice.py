@@ -141,6 +141,7 @@ PIPELINE = {
     "name": "New product",
     "type": "sales",
     "currency": "EUR",
+    "probability_mode": "stage",
     "stages": [
         {"key": "lead", "name": "Lead", "probability": 10, "rotting": "P14D"},
         {"key": "qualified", "name": "Qualified", "probability": 30, "sla": {"target": "PT4H"}},

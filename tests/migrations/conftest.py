@@ -39,6 +39,7 @@ SOURCE = {
     "name": "Old sales",
     "type": "sales",
     "currency": "USD",
+    "probability_mode": "stage",
     "stages": [
         {"key": "lead", "name": "Lead", "probability": 10, "sla": {"target": "P2D"}},
         {"key": "qualified", "name": "Qualified", "probability": 40},
@@ -50,6 +51,7 @@ TARGET = {
     "name": "New sales",
     "type": "sales",
     "currency": "USD",
+    "probability_mode": "stage",
     "stages": [
         {"key": "new", "name": "New", "probability": 5},
         {"key": "working", "name": "Working", "probability": 50},

@@ -17,7 +17,16 @@ def snapshot(pipeline_id: str, stages: list[dict[str, Any]], **spec: Any) -> Pip
     return PipelineSnapshot(
         pipeline_id=pipeline_id,
         version=spec.pop("version", 1),
-        spec=PipelineSpec.model_validate({"name": pipeline_id, "stages": stages, **spec}),
+        spec=PipelineSpec.model_validate(
+            {
+                "name": pipeline_id,
+                "type": "sales",
+                "currency": "USD",
+                "probability_mode": "stage",
+                "stages": stages,
+                **spec,
+            }
+        ),
     )
 
 

@@ -24,7 +24,13 @@ from workflows.golive import GoLiveInput, go_live_workflow_id
 
 def _scheduled_pipeline(db: Database, go_live_at: datetime) -> str:
     pipeline_id = f"pl_golive_{uuid.uuid4().hex[:8]}"
-    spec = {"name": "p", "stages": [{"key": "lead", "name": "Lead", "probability": 10}]}
+    spec = {
+        "name": "p",
+        "type": "sales",
+        "currency": "USD",
+        "probability_mode": "stage",
+        "stages": [{"key": "lead", "name": "Lead", "probability": 10}],
+    }
     with db.session() as session:
         session.add(
             Pipeline(
@@ -85,9 +91,18 @@ async def test_a_rescheduled_go_live_leaves_the_pipeline_alone(
 def _live_pipeline_with_v2_scheduled(db: Database, go_live_at: datetime) -> str:
     """Live on v1 (active), v2 scheduled for ``go_live_at``: what ``activate`` stores."""
     pipeline_id = f"pl_golive_{uuid.uuid4().hex[:8]}"
-    v1 = {"name": "p", "stages": [{"key": "lead", "name": "Lead", "probability": 10}]}
+    v1 = {
+        "name": "p",
+        "type": "sales",
+        "currency": "USD",
+        "probability_mode": "stage",
+        "stages": [{"key": "lead", "name": "Lead", "probability": 10}],
+    }
     v2 = {
         "name": "p",
+        "type": "sales",
+        "currency": "USD",
+        "probability_mode": "stage",
         "stages": [*v1["stages"], {"key": "demo", "name": "Demo", "probability": 40}],
     }
     with db.session() as session:

@@ -37,6 +37,7 @@ PIPELINE = {
     "name": "Sim vs workflow",
     "type": "sales",
     "currency": "USD",
+    "probability_mode": "stage",
     "stages": [
         {"key": "lead", "name": "Lead", "probability": 10, "sla": {"target": "P2D"}},
         {"key": "qualified", "name": "Qualified", "probability": 30, "required_fields": ["budget"]},

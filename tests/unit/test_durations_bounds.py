@@ -74,7 +74,13 @@ def test_a_pipeline_with_a_huge_duration_is_refused() -> None:
     ):
         with pytest.raises(ValidationError, match="100 years"):
             PipelineSpec.model_validate(
-                {"name": "p", "stages": [{"key": "a", "name": "A", "probability": 1, **stage}]}
+                {
+                    "name": "p",
+                    "type": "sales",
+                    "currency": "USD",
+                    "probability_mode": "stage",
+                    "stages": [{"key": "a", "name": "A", "probability": 1, **stage}],
+                }
             )
 
 
@@ -84,6 +90,9 @@ SNAP = PipelineSnapshot(
     spec=PipelineSpec.model_validate(
         {
             "name": "p",
+            "type": "sales",
+            "currency": "USD",
+            "probability_mode": "stage",
             "stages": [
                 {
                     "key": "lead",

@@ -59,6 +59,9 @@ def make(
     pipeline_spec = PipelineSpec.model_validate(
         {
             "name": "Sales",
+            "type": "sales",
+            "currency": "USD",
+            "probability_mode": "stage",
             "stages": spec.pop("stage_list", None) or stages(**(stage_overrides or {})),
             "automations": automations or [],
             **spec,
@@ -106,7 +109,15 @@ def test_create_enters_the_first_stage_and_records_it() -> None:
 
 
 def test_create_with_an_unknown_stage_is_a_problem() -> None:
-    spec = PipelineSpec.model_validate({"name": "S", "stages": stages()})
+    spec = PipelineSpec.model_validate(
+        {
+            "name": "S",
+            "type": "sales",
+            "currency": "USD",
+            "probability_mode": "stage",
+            "stages": stages(),
+        }
+    )
     _, problems = Engine.create(
         PipelineSnapshot(pipeline_id="p1", version=1, spec=spec),
         deal_id="d1",

@@ -40,7 +40,9 @@ def exited(stage_key: str | None, target: str, name: str | None = None) -> dict:
 
 BASE: dict = {
     "name": "Sales",
+    "type": "sales",
     "currency": "EUR",
+    "probability_mode": "stage",
     "stages": [
         stage("lead", probability=10),
         stage("qualified", probability=30),
@@ -777,7 +779,15 @@ def test_parse_and_validate_of_garbage():
     assert spec is None
     assert [(p.code, p.loc) for p in problems] == [("invalid", [])]
 
-    spec, problems = parse_and_validate({"name": "x", "stages": "lead,won"})
+    spec, problems = parse_and_validate(
+        {
+            "name": "x",
+            "type": "sales",
+            "currency": "USD",
+            "probability_mode": "stage",
+            "stages": "lead,won",
+        }
+    )
     assert spec is None
     assert [(p.code, p.loc) for p in problems] == [("invalid", ["stages"])]
 
@@ -832,6 +842,9 @@ def test_template_placeholders_must_be_deal_fields() -> None:
 
     payload = {
         "name": "p",
+        "type": "sales",
+        "currency": "USD",
+        "probability_mode": "stage",
         "stages": [{"key": "lead", "name": "Lead", "probability": 10}],
         "automations": [
             {
@@ -946,3 +959,16 @@ def test_a_stored_version_with_a_control_character_stays_readable() -> None:
     assert spec.stages[0].key == "le\tad"
     assert PipelineSpec.model_validate(spec.model_dump(mode="json")) == spec
     assert parse_and_validate(data)[0] is None
+
+
+def test_a_body_without_its_required_members_still_hears_about_the_rest() -> None:
+    _, problems = parse_and_validate({"name": "no stages"})
+    assert [(p.code, p.loc) for p in problems] == [
+        ("invalid", ["type"]),
+        ("invalid", ["currency"]),
+        ("invalid", ["probability_mode"]),
+        ("no_stages", ["stages"]),
+    ]
+    assert problems[1].msg == "field required"
+    _, problems = parse_and_validate({**payload(), "currency": "eur", "type": None})
+    assert {tuple(p.loc) for p in problems} == {("currency",), ("type",)}

@@ -25,6 +25,9 @@ ENGINE = Actor(automatic=True)
 def make_spec(**changes: Any) -> PipelineSpec:
     data: dict[str, Any] = {
         "name": "Sales",
+        "type": "sales",
+        "currency": "USD",
+        "probability_mode": "stage",
         "stages": [
             {"key": "lead", "name": "Lead", "probability": 10},
             {"key": "qualified", "name": "Qualified", "probability": 30},

@@ -22,6 +22,9 @@ def iso(moment: datetime) -> str:
 def make_snapshot(**changes: Any) -> PipelineSnapshot:
     data: dict[str, Any] = {
         "name": "Sales",
+        "type": "sales",
+        "currency": "USD",
+        "probability_mode": "stage",
         "stages": [
             {
                 "key": "lead",
@@ -341,7 +344,9 @@ def test_a_script_starting_in_a_later_stage_and_without_start_time_uses_the_defa
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))
 def test_every_template_is_a_valid_pipeline_that_a_deal_can_go_through(name: str):
-    payload, problems = apply_template({"name": "From template", "template": name})
+    payload, problems = apply_template(
+        {"name": "From template", "template": name, "currency": "USD"}
+    )
     assert problems == []
     spec, problems = parse_and_validate(payload)
     assert problems == [] and spec is not None

@@ -29,7 +29,15 @@ def new_id(prefix: str) -> str:
 def create_pipeline(db: Database, spec: dict[str, Any], *, test_mode: bool = False) -> str:
     """Insert a pipeline and its first version, active, as the API does."""
     pipeline_id = new_id("pip")
-    stored = PipelineSpec.model_validate({"name": "Sales", **spec}).model_dump(mode="json")
+    stored = PipelineSpec.model_validate(
+        {
+            "name": "Sales",
+            "type": "sales",
+            "currency": "USD",
+            "probability_mode": "stage",
+            **spec,
+        }
+    ).model_dump(mode="json")
     with db.session() as session:
         session.add(
             Pipeline(
