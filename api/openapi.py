@@ -117,6 +117,9 @@ EXTRA: dict[tuple[str, str], dict[int, str | None]] = {
         **_TEMPORAL,
     },
     ("put", "/v1/pipelines/{pipeline_id}"): {409: "Another change was saved at the same time"},
+    ("post", "/v1/pipelines/{pipeline_id}/activate"): {
+        409: "A future go_live_at on the version that is already live (PUT a new version first)"
+    },
     ("post", "/v1/pipelines/{pipeline_id}/stages:reorder"): {
         409: "The pipeline changed while this was being made"
     },

@@ -58,7 +58,7 @@ RAISES: dict[tuple[str, str], set[int]] = {
     ("get", PL + "/versions/{version}"): V | {404, 422},
     ("get", PL + "/diff"): V | {404, 422},
     ("get", PL + "/audit"): V | {404},
-    ("post", PL + "/activate"): A | {404, 422},
+    ("post", PL + "/activate"): A | {404, 409, 422},
     ("post", PL + "/simulate"): V | {404, 422},
     ("get", PL + "/metrics"): V | {404},
     ("post", PL + "/migrations"): A | {200, 202, 404, 409, 422, 503},
