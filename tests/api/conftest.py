@@ -121,6 +121,25 @@ class Api:
             )
 
 
+def insert_deal(db: Database, deal_id: str, pipeline_id: str = "pl_x") -> None:
+    """A deal row as a deal workflow would have written it (for read-side tests)."""
+    from store.models import Deal
+
+    with db.session() as session:
+        session.add(
+            Deal(
+                deal_id=deal_id,
+                pipeline_id=pipeline_id,
+                pipeline_version=1,
+                stage="lead",
+                stage_entered_at=datetime.now(UTC),
+                status="open",
+                title="t",
+            )
+        )
+        session.commit()
+
+
 def make_settings(database_url: str, data_dir: Path, temporal_address: str, **kw: Any) -> Settings:
     return Settings(
         _env_file=None,  # type: ignore[call-arg]

@@ -854,25 +854,10 @@ def test_mapping_test_needs_an_admin_key(api: Api) -> None:
 
 
 def test_if_none_match_star_and_weak_tags_are_304(api: Api) -> None:
-    from datetime import UTC, datetime
-
-    from store.models import Deal
+    from tests.api.conftest import insert_deal
 
     deal_id = uid("deal")
-    now = datetime.now(UTC)
-    with api.db.session() as session:
-        session.add(
-            Deal(
-                deal_id=deal_id,
-                pipeline_id="pl_x",
-                pipeline_version=1,
-                stage="lead",
-                stage_entered_at=now,
-                status="open",
-                title="t",
-            )
-        )
-        session.commit()
+    insert_deal(api.db, deal_id)
     first = api.admin("GET", f"/v1/deals/{deal_id}")
     assert first.status_code == 200, first.text
     etag = first.headers["ETag"]

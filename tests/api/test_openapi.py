@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -17,8 +16,7 @@ import jsonschema
 import pytest
 
 from domain.pipeline import PipelineSpec
-from store.models import Deal
-from tests.api.conftest import STAGES, Api
+from tests.api.conftest import STAGES, Api, insert_deal
 
 PROBLEM_JSON = "application/problem+json"
 METHODS = ("get", "put", "post", "delete", "patch")
@@ -414,20 +412,7 @@ def test_deal_etag_and_304_are_as_declared(api: Api) -> None:
     doc = _doc(api)
     op = doc["paths"]["/v1/deals/{deal_id}"]["get"]
     deal_id = f"deal_openapi_{uuid.uuid4().hex[:8]}"
-    now = datetime.now(UTC)
-    with api.db.session() as session:
-        session.add(
-            Deal(
-                deal_id=deal_id,
-                pipeline_id="pl_openapi",
-                pipeline_version=1,
-                stage="lead",
-                stage_entered_at=now,
-                status="open",
-                title="OpenAPI",
-            )
-        )
-        session.commit()
+    insert_deal(api.db, deal_id, "pl_openapi")
     first = api.admin("GET", f"/v1/deals/{deal_id}")
     assert first.status_code == 200, first.text
     assert first.headers["content-type"].split(";")[0] in op["responses"]["200"]["content"]
