@@ -14,6 +14,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 from sqlmodel import select
 
@@ -73,9 +74,10 @@ null: no limit of its own, the default tolerance, no mapping)."""
 
 class SourcePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Name | None = None
-    enabled: bool | None = None
-    ip_allowlist: list[str] | None = Field(None, max_length=1000)
+    # Not nullable (see _not_null); None is only the "left out" default, so the schema omits it.
+    name: Name | SkipJsonSchema[None] = None
+    enabled: bool | SkipJsonSchema[None] = None
+    ip_allowlist: list[str] | SkipJsonSchema[None] = Field(None, max_length=1000)
     rate_limit: RateLimit | None = None
     tolerance: Duration | None = None
     mapping: dict[str, Any] | None = None

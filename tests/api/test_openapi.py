@@ -477,3 +477,22 @@ def test_pipeline_bodies_require_what_the_server_requires(api: Api) -> None:
             declared |= set(branch["required"])
     assert set(PipelineSpec.model_json_schema().get("required", [])) <= declared
     assert _pipeline_schema(doc, "put", PL).schema == validator.schema
+
+
+def test_the_source_patch_body_documents_which_members_may_be_null(api: Api) -> None:
+    """null clears rate_limit, tolerance and mapping; name, enabled and ip_allowlist refuse it."""
+    props = _doc(api)["components"]["schemas"]["SourcePatch"]["properties"]
+
+    def nullable(member: str) -> bool:
+        schema = props[member]
+        return schema.get("type") == "null" or any(
+            s.get("type") == "null" for s in schema.get("anyOf", [])
+        )
+
+    assert {m for m in props if nullable(m)} == {"rate_limit", "tolerance", "mapping"}
+    src = api.create_source("hmac")
+    for member in ("name", "enabled", "ip_allowlist"):
+        resp = api.admin("PATCH", f"/v1/sources/{src['id']}", json={member: None})
+        assert resp.status_code == 422, resp.text
+    cleared = api.admin("PATCH", f"/v1/sources/{src['id']}", json={"rate_limit": None})
+    assert cleared.status_code == 200, cleared.text
