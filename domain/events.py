@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from domain.deal import Problem
+from domain.sizes import MAX_DEAL_FIELDS_BYTES, json_size
 from domain.text import NoControl, NoControlAtAll, NulFreeJson
 
 
@@ -45,7 +46,21 @@ Id = Annotated[
 Title = Annotated[str, StringConstraints(max_length=500), NoControl]
 Owner = Annotated[str, StringConstraints(max_length=200), NoControl]
 """As long as the deals table's owner column."""
-Fields = Annotated[dict[str, Any], NulFreeJson]
+
+
+def _fits_a_deal(fields: dict[str, Any]) -> dict[str, Any]:
+    """Fields larger than a deal may keep can never be applied: refused at once (422), not
+    accepted to fail in the deal's workflow."""
+    if (size := json_size(fields)) > MAX_DEAL_FIELDS_BYTES:
+        raise PydanticCustomError(
+            "too_large",
+            "takes {size} bytes as JSON; a deal keeps at most {limit} (256 KiB) of fields",
+            {"size": f"{size:,}", "limit": f"{MAX_DEAL_FIELDS_BYTES:,}"},
+        )
+    return fields
+
+
+Fields = Annotated[dict[str, Any], NulFreeJson, AfterValidator(_fits_a_deal)]
 Namespace = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 """Where an external id comes from, e.g. ``stripe_customer``, ``github_issue``, ``hubspot``."""
 ExternalId = Annotated[
