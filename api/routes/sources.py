@@ -14,7 +14,6 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 from sqlmodel import select
 
@@ -72,12 +71,22 @@ NOT_NULLABLE = ("name", "enabled", "ip_allowlist")
 null: no limit of its own, the default tolerance, no mapping)."""
 
 
+def _without_null(schema: dict[str, Any]) -> None:
+    """The member's JSON schema without its ``null`` branch (and without the null default)."""
+    branches = [b for b in schema.pop("anyOf", []) if b.get("type") != "null"]
+    if len(branches) == 1:
+        schema.update(branches[0])
+    elif branches:
+        schema["anyOf"] = branches
+    schema.pop("default", None)
+
+
 class SourcePatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    # Not nullable (see _not_null); None is only the "left out" default, so the schema omits it.
-    name: Name | SkipJsonSchema[None] = None
-    enabled: bool | SkipJsonSchema[None] = None
-    ip_allowlist: list[str] | SkipJsonSchema[None] = Field(None, max_length=1000)
+    # Not nullable (see _not_null): None is only the "left out" default, so the schema omits it.
+    name: Name | None = Field(None, json_schema_extra=_without_null)
+    enabled: bool | None = Field(None, json_schema_extra=_without_null)
+    ip_allowlist: list[str] | None = Field(None, max_length=1000, json_schema_extra=_without_null)
     rate_limit: RateLimit | None = None
     tolerance: Duration | None = None
     mapping: dict[str, Any] | None = None
