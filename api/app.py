@@ -16,7 +16,8 @@ from api.ingress.clientip import parse_network
 from api.ingress.limits import LocalLimiter
 from api.ingress.writer import EventWriter
 from api.openapi import build_openapi
-from api.path_guard import nul_in, refuse
+from api.path_guard import nul_in
+from api.problems import send_problem
 from api.relay import Relay
 from api.routes import (
     approvals,
@@ -100,7 +101,8 @@ class DealflowAPI(FastAPI):
             await serve_ingress(self, scope, receive, send)
             return
         if scope["type"] == "http" and (refusal := nul_in(scope)) is not None:
-            await refuse(scope, receive, send, *refusal)
+            status, detail, errors = refusal
+            await send_problem(scope, receive, send, status, detail, errors=errors)
             return
         await limit_body(super().__call__, self.max_body_bytes, scope, receive, send)
 

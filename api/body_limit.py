@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.problems import problem_response
+from api.problems import send_problem
 
 Scope = dict[str, Any]
 
@@ -20,10 +20,10 @@ async def limit_body(app: Any, limit: int, scope: Scope, receive: Any, send: Any
         try:
             size = int(declared)
         except ValueError:
-            await _refuse(scope, receive, send, 400, "Content-Length is not a number")
+            await send_problem(scope, receive, send, 400, "Content-Length is not a number")
             return
         if size > limit:
-            await _refuse(
+            await send_problem(
                 scope, receive, send, 413, f"the body is {size} bytes; the limit is {limit} bytes"
             )
             return
@@ -38,7 +38,9 @@ async def limit_body(app: Any, limit: int, scope: Scope, receive: Any, send: Any
             break  # the client went away; let the app see it
         total += len(message.get("body", b""))
         if total > limit:
-            await _refuse(scope, receive, send, 413, f"the body is over the limit of {limit} bytes")
+            await send_problem(
+                scope, receive, send, 413, f"the body is over the limit of {limit} bytes"
+            )
             return
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
@@ -54,8 +56,3 @@ async def limit_body(app: Any, limit: int, scope: Scope, receive: Any, send: Any
         return await receive()
 
     await app(scope, replay, send)
-
-
-async def _refuse(scope: Scope, receive: Any, send: Any, status: int, detail: str) -> None:
-    response = problem_response(status, detail, instance=scope.get("path"))
-    await response(scope, receive, send)

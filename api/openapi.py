@@ -25,7 +25,6 @@ from typing import Any
 
 from fastapi import FastAPI, routing
 from fastapi.dependencies.models import Dependant
-from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from api.auth import RANK, authenticate, require
@@ -174,22 +173,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     """The app's OpenAPI document (built once, then cached on ``app.openapi_schema``)."""
     if app.openapi_schema:
         return app.openapi_schema
-    doc = get_openapi(
-        title=app.title,
-        version=app.version,
-        openapi_version=app.openapi_version,
-        summary=app.summary,
-        description=app.description,
-        terms_of_service=app.terms_of_service,
-        contact=app.contact,
-        license_info=app.license_info,
-        routes=app.routes,
-        webhooks=app.webhooks.routes,
-        tags=app.openapi_tags,
-        servers=app.servers,
-        separate_input_output_schemas=app.separate_input_output_schemas,
-        external_docs=app.openapi_external_docs,
-    )
+    doc = FastAPI.openapi(app)  # FastAPI's own document (the instance's openapi is this)
     app.openapi_schema = postprocess(doc, access_of(app))
     return app.openapi_schema
 

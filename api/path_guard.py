@@ -7,21 +7,15 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from api.problems import problem_response
+QUERY_ERRORS = [{"loc": ["query"], "msg": "NUL character"}]
 
 
-def nul_in(scope: dict[str, Any]) -> tuple[int, str] | None:
-    """The refusal for a request whose path or query holds a NUL, else None."""
+def nul_in(scope: dict[str, Any]) -> tuple[int, str, list[dict[str, Any]] | None] | None:
+    """The refusal (status, detail, errors) of a request whose path or query holds a NUL."""
     path = scope.get("path", "")
     if "\x00" in path or b"%00" in scope.get("raw_path", b"").lower():
-        return 404, "no such resource: the path holds a NUL character"
+        return 404, "no such resource: the path holds a NUL character", None
     query: bytes = scope.get("query_string", b"")
     if query and b"\x00" in unquote_to_bytes(query):
-        return 422, "the query string holds a NUL character"
+        return 422, "the query string holds a NUL character", QUERY_ERRORS
     return None
-
-
-async def refuse(scope: dict[str, Any], receive: Any, send: Any, status: int, detail: str) -> None:
-    errors = [{"loc": ["query"], "msg": "NUL character"}] if status == 422 else None
-    response = problem_response(status, detail, errors=errors, instance=scope.get("path"))
-    await response(scope, receive, send)

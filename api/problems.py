@@ -105,6 +105,20 @@ def problem_response(
     )
 
 
+async def send_problem(
+    scope: dict[str, Any],
+    receive: Any,
+    send: Any,
+    status: int,
+    detail: str,
+    *,
+    errors: list[dict[str, Any]] | None = None,
+) -> None:
+    """Answer with a problem document straight from ASGI code (before routing)."""
+    response = problem_response(status, detail, errors=errors, instance=scope.get("path"))
+    await response(scope, receive, send)
+
+
 def _loc_msg(err: dict[str, Any]) -> dict[str, Any]:
     return {"loc": list(err.get("loc", [])), "msg": err.get("msg", "invalid")}
 
