@@ -14,12 +14,11 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from domain.deal import Problem
-from domain.sizes import MAX_DEAL_FIELDS_BYTES, json_size
+from domain.sizes import fields_problem
 from domain.text import NoControl, NoControlAtAll, NulFreeJson
 
 
@@ -51,12 +50,8 @@ Owner = Annotated[str, StringConstraints(max_length=200), NoControl]
 def _fits_a_deal(fields: dict[str, Any]) -> dict[str, Any]:
     """Fields larger than a deal may keep can never be applied: refused at once (422), not
     accepted to fail in the deal's workflow."""
-    if (size := json_size(fields)) > MAX_DEAL_FIELDS_BYTES:
-        raise PydanticCustomError(
-            "too_large",
-            "takes {size} bytes as JSON; a deal keeps at most {limit} (256 KiB) of fields",
-            {"size": f"{size:,}", "limit": f"{MAX_DEAL_FIELDS_BYTES:,}"},
-        )
+    if (too_large := fields_problem({}, fields)) is not None:
+        raise PydanticCustomError("too_large", too_large)
     return fields
 
 
@@ -64,10 +59,7 @@ Fields = Annotated[dict[str, Any], NulFreeJson, AfterValidator(_fits_a_deal)]
 Namespace = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 """Where an external id comes from, e.g. ``stripe_customer``, ``github_issue``, ``hubspot``."""
 ExternalId = Annotated[
-    str,
-    StringConstraints(
-        strip_whitespace=True, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$"
-    ),
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoControlAtAll
 ]
 
 
@@ -91,12 +83,7 @@ class _ForOneDeal(_Data):
 
     deal_id: Id | None = None
     deal_ref: DealRef | None = None
-
-    @model_validator(mode="after")
-    def _one_deal(self) -> _ForOneDeal:
-        if (self.deal_id is None) == (self.deal_ref is None):
-            raise PydanticCustomError("one_deal", ONE_DEAL)
-        return self
+    # Exactly one of them: checked by validate_envelope, with every other problem.
 
 
 class DealCreated(_Data):
@@ -187,25 +174,19 @@ def validate_envelope(payload: Any, *, base_loc: tuple[str, ...] = ("body",)) ->
         )
     data = payload.get("data")
     model = EVENT_TYPES[event_type]
+    problems: list[Problem] = []
+    if issubclass(model, _ForOneDeal) and isinstance(data, dict):
+        given = [k for k in ("deal_id", "deal_ref") if data.get(k) is not None]
+        if len(given) != 1:
+            where = given[-1] if given else "deal_id"
+            problems.append(Problem(code="invalid", loc=[*base_loc, "data", where], msg=ONE_DEAL))
     try:
         parsed = model.model_validate(data)
     except ValidationError as exc:
-        problems = [
+        problems += [
             Problem(code="invalid", loc=[*base_loc, "data", *err["loc"]], msg=err["msg"])
             for err in exc.errors()
-            if err["type"] != "one_deal"
         ]
-        # Named with the others (the model's own check runs only once every field is valid).
-        if issubclass(model, _ForOneDeal) and isinstance(data, dict):
-            given = [k for k in ("deal_id", "deal_ref") if data.get(k) is not None]
-            if len(given) != 1:
-                problems.insert(
-                    0,
-                    Problem(
-                        code="invalid",
-                        loc=[*base_loc, "data", given[-1] if given else "deal_id"],
-                        msg=ONE_DEAL,
-                    ),
-                )
-        raise EnvelopeError(problems) from None
+    if problems:
+        raise EnvelopeError(problems)
     return event_type, parsed.model_dump(mode="json", exclude_none=True)
