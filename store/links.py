@@ -14,9 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from store.models import DealLink
+from store.upsert import upsert
 
 LINKS = DealLink.__table__  # type: ignore[attr-defined]
 Ref = tuple[str, str]
@@ -68,17 +68,8 @@ def write(conn: Any, rows: list[dict[str, Any]]) -> None:
             continue  # the deal declared another id there later
         conn.execute(delete(LINKS).where(*others))
         fresh.append(row)
-    if not fresh:
-        return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(LINKS).values(fresh)
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["namespace", "external_id"],
-            set_={c: stmt.excluded[c] for c in ("deal_id", "event_id", "linked_at")},
-            where=LINKS.c.linked_at <= stmt.excluded.linked_at,
-        )
-    )
+    if fresh:
+        upsert(conn, DealLink, fresh, ["namespace", "external_id"], newer_than="linked_at")
 
 
 def resolve(conn: Any, refs: Iterable[Ref]) -> dict[Ref, str]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
 
-def _insert(session: Session, table: Any) -> Any:
-    dialect = session.get_bind().dialect.name
-    return (postgresql if dialect == "postgresql" else sqlite).insert(table)
+def _insert(target: Session | Connection, table: Any) -> Any:
+    bind = target.get_bind() if isinstance(target, Session) else target
+    return (postgresql if bind.dialect.name == "postgresql" else sqlite).insert(table)
 
 
 def insert_ignore(session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]) -> int:
@@ -29,17 +30,19 @@ def insert_ignore(session: Session, model: Any, rows: list[dict[str, Any]], keys
 
 
 def upsert(
-    session: Session,
+    session: Session | Connection,
     model: Any,
-    row: dict[str, Any],
+    row: dict[str, Any] | list[dict[str, Any]],
     keys: list[str],
     *,
     newer_than: str | None = None,
 ) -> None:
-    """Insert ``row``, or update the existing one; with ``newer_than`` only if that column grows."""
+    """Insert ``row`` (or rows with the same columns, keys all different), or update the
+    existing one; with ``newer_than`` only if that column grows."""
     table = model.__table__
     stmt = _insert(session, table).values(row)
-    update = {k: stmt.excluded[k] for k in row if k not in keys}
+    columns = row[0] if isinstance(row, list) else row
+    update = {k: stmt.excluded[k] for k in columns if k not in keys}
     where = None
     if newer_than is not None:
         where = table.c[newer_than] < stmt.excluded[newer_than]
