@@ -280,25 +280,37 @@ async def test_while_the_circuit_is_open_the_call_waits_on_timers_then_succeeds(
     assert [r["status"] for r in crm.received].count(200) == 1
 
 
+async def _fails_on_an_open_circuit(  # type: ignore[no-untyped-def]
+    client: Client, db: Database, run_worker, crm, name: str, **settings: Any
+) -> tuple[Any, str, list[dict[str, Any]], list[str], list[timedelta]]:
+    """With the breaker of ``name`` open, qualify a deal (its automation calls ``name``) and
+    wait for the call to be recorded failed: (that entry, the deal, the runs of
+    ``run_effect``, the effect's timeline, its timers)."""
+    async with run_worker(
+        client, db, integrations={name: crm.url}, breaker_failure_threshold=2, **settings
+    ) as config:
+        _open_breaker(db, config, f"{name} {crm.url}")
+        deal, handle = await _qualify(client, config, db, name)
+        [failed] = await eventually(lambda: history(db, deal, "action_failed"), "failure")
+        runs = await activity_runs(handle, "run_effect")
+        timeline, timers = await _effect_timeline(handle)
+    return failed, deal, runs, timeline, timers
+
+
 async def test_with_fallback_fail_an_open_circuit_fails_the_call_at_once(
     dev_env: WorkflowEnvironment, db: Database, run_worker, fake_integration
 ) -> None:
-    client = dev_env.client
     name = new_id("crm")
     with fake_integration(status=200) as crm:
-        async with run_worker(
-            client,
+        failed, deal, runs, timeline, _ = await _fails_on_an_open_circuit(
+            dev_env.client,
             db,
-            integrations={name: crm.url},
-            breaker_failure_threshold=2,
+            run_worker,
+            crm,
+            name,
             breaker_cooldown="PT1M",
             breaker_fallback="fail",
-        ) as config:
-            _open_breaker(db, config, f"{name} {crm.url}")
-            deal, handle = await _qualify(client, config, db, name)
-            [failed] = await eventually(lambda: history(db, deal, "action_failed"), "failure")
-            runs = await activity_runs(handle, "run_effect")
-            timeline, _ = await _effect_timeline(handle)
+        )
     assert failed.data["error"] == (
         f"circuit of integration '{name}' open; failed without waiting "
         "(DEALFLOW_BREAKER_FALLBACK=fail)"
@@ -313,22 +325,17 @@ async def test_with_fallback_fail_an_open_circuit_fails_the_call_at_once(
 async def test_a_call_that_waits_past_the_maximum_is_recorded_failed(
     dev_env: WorkflowEnvironment, db: Database, run_worker, fake_integration
 ) -> None:
-    client = dev_env.client
     name = new_id("crm")
     with fake_integration(status=503) as crm:  # down for longer than the wait
-        async with run_worker(
-            client,
+        failed, deal, runs, timeline, timers = await _fails_on_an_open_circuit(
+            dev_env.client,
             db,
-            integrations={name: crm.url},
-            breaker_failure_threshold=2,
+            run_worker,
+            crm,
+            name,
             breaker_cooldown="PT1S",
             breaker_max_wait="PT2S",
-        ) as config:
-            _open_breaker(db, config, f"{name} {crm.url}")
-            deal, handle = await _qualify(client, config, db, name)
-            [failed] = await eventually(lambda: history(db, deal, "action_failed"), "failure")
-            runs = await activity_runs(handle, "run_effect")
-            timeline, timers = await _effect_timeline(handle)
+        )
     assert failed.data["error"] == (
         f"circuit of integration '{name}' open; gave up after waiting PT2S "
         "(DEALFLOW_BREAKER_MAX_WAIT=PT2S)"
