@@ -4,12 +4,14 @@ go-live of a pipeline, or a new version taking over from the live one."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
 from sqlmodel import select
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
@@ -52,14 +54,7 @@ async def test_go_live_timer_makes_the_pipeline_active(
 ) -> None:
     go_live_at = (datetime.now(UTC) + timedelta(days=7)).replace(microsecond=0)
     pipeline_id = _scheduled_pipeline(db, go_live_at)
-    settings = Settings(task_queue=f"golive-{uuid.uuid4().hex[:6]}", metrics_port=0)
-    async with build_worker(time_env.client, db, settings):
-        handle = await time_env.client.start_workflow(
-            "PipelineGoLiveWorkflow",
-            GoLiveInput(pipeline_id=pipeline_id, version=1, go_live_at=go_live_at),
-            id=go_live_workflow_id(pipeline_id),
-            task_queue=settings.task_queue,
-        )
+    async with _go_live_timer(time_env, db, pipeline_id, 1, go_live_at) as handle:
         with db.session() as session:
             assert session.get(Pipeline, pipeline_id).status == "scheduled"  # type: ignore[union-attr]
         assert await handle.result() == "active"  # the server skips the seven days
@@ -75,14 +70,7 @@ async def test_a_rescheduled_go_live_leaves_the_pipeline_alone(
 ) -> None:
     first = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
     pipeline_id = _scheduled_pipeline(db, first + timedelta(days=30))  # moved since
-    settings = Settings(task_queue=f"golive-{uuid.uuid4().hex[:6]}", metrics_port=0)
-    async with build_worker(time_env.client, db, settings):
-        handle = await time_env.client.start_workflow(
-            "PipelineGoLiveWorkflow",
-            GoLiveInput(pipeline_id=pipeline_id, version=1, go_live_at=first),
-            id=go_live_workflow_id(pipeline_id),
-            task_queue=settings.task_queue,
-        )
+    async with _go_live_timer(time_env, db, pipeline_id, 1, first) as handle:
         assert "schedule changed" in await handle.result()
     with db.session() as session:
         assert session.get(Pipeline, pipeline_id).status == "scheduled"  # type: ignore[union-attr]
@@ -130,14 +118,7 @@ async def test_go_live_timer_switches_a_live_pipeline_to_the_scheduled_version(
     go_live_at = (await _server_now(time_env) + timedelta(days=7)).replace(microsecond=0)
     pipeline_id = _live_pipeline_with_v2_scheduled(db, go_live_at)
     assert load_snapshot(db, pipeline_id).version == 1  # v1 stays live until go-live
-    settings = Settings(task_queue=f"golive-{uuid.uuid4().hex[:6]}", metrics_port=0)
-    async with build_worker(time_env.client, db, settings):
-        handle = await time_env.client.start_workflow(
-            "PipelineGoLiveWorkflow",
-            GoLiveInput(pipeline_id=pipeline_id, version=2, go_live_at=go_live_at),
-            id=go_live_workflow_id(pipeline_id),
-            task_queue=settings.task_queue,
-        )
+    async with _go_live_timer(time_env, db, pipeline_id, 2, go_live_at) as handle:
         with db.session() as session:
             row = session.get(Pipeline, pipeline_id)
             assert row is not None and (row.active_version, row.scheduled_version) == (1, 2)
@@ -166,14 +147,7 @@ async def test_a_dropped_version_schedule_leaves_the_live_version_alone(
         row.active_version, row.scheduled_version, row.go_live_at = 2, None, None
         session.add(row)
         session.commit()
-    settings = Settings(task_queue=f"golive-{uuid.uuid4().hex[:6]}", metrics_port=0)
-    async with build_worker(time_env.client, db, settings):
-        handle = await time_env.client.start_workflow(
-            "PipelineGoLiveWorkflow",
-            GoLiveInput(pipeline_id=pipeline_id, version=2, go_live_at=go_live_at),
-            id=go_live_workflow_id(pipeline_id),
-            task_queue=settings.task_queue,
-        )
+    async with _go_live_timer(time_env, db, pipeline_id, 2, go_live_at) as handle:
         assert "schedule changed" in await handle.result()
     with db.session() as session:
         row = session.get(Pipeline, pipeline_id)
@@ -200,6 +174,21 @@ async def test_activating_at_once_cancels_the_go_live_timer(
     with db.session() as session:
         row = session.get(Pipeline, pipeline_id)
         assert row is not None and (row.active_version, row.scheduled_version) == (1, 2)
+
+
+@asynccontextmanager
+async def _go_live_timer(
+    env: WorkflowEnvironment, db: Database, pipeline_id: str, version: int, at: datetime
+) -> AsyncIterator[WorkflowHandle]:
+    """A worker, and the go-live timer of ``pipeline_id`` started on it (while the worker runs)."""
+    settings = Settings(task_queue=f"golive-{uuid.uuid4().hex[:6]}", metrics_port=0)
+    async with build_worker(env.client, db, settings):
+        yield await env.client.start_workflow(
+            "PipelineGoLiveWorkflow",
+            GoLiveInput(pipeline_id=pipeline_id, version=version, go_live_at=at),
+            id=go_live_workflow_id(pipeline_id),
+            task_queue=settings.task_queue,
+        )
 
 
 async def _server_now(env: WorkflowEnvironment) -> datetime:
