@@ -146,6 +146,16 @@ def own_db(own_database_url: str) -> Iterator[Database]:
     database.dispose()
 
 
+@pytest.fixture
+def own_sqlite_db(tmp_path: Path) -> Iterator[Database]:
+    """A migrated SQLite database of the test's own: for tests that look at every row of it
+    and need one backend only."""
+    with fresh_database("sqlite", tmp_path, "own.db") as url:
+        database = Database(url)
+        yield database
+        database.dispose()
+
+
 @pytest.fixture(scope="session")
 def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)

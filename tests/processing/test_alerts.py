@@ -14,7 +14,6 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,9 +35,8 @@ from activities.events import DeadLetterItem, dead_letter, record_handoff_failur
 from activities.integrations import Breaker
 from dealflow.settings import Settings
 from store.db import Database
-from store.migrate import upgrade
 from store.models import Alert
-from tests.conftest import BACKENDS, free_port, fresh_pg_database
+from tests.conftest import free_port
 from tests.processing.support import (
     activity_runs,
     event,
@@ -162,30 +160,11 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-@pytest.fixture(params=BACKENDS)
-def fresh_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+@pytest.fixture
+def fresh_db(own_db: Database) -> Database:
     """A database of the test's own on each backend: the dispatcher delivers every due row of
     its database and the failure rate looks at every event, so no other test may share it."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'alerts.db'}"
-        upgrade(url)
-        database = Database(url)
-        yield database
-        database.dispose()
-    else:
-        with fresh_pg_database() as url:
-            database = Database(url)
-            yield database
-            database.dispose()
-
-
-@pytest.fixture
-def fresh_sqlite(tmp_path: Path) -> Iterator[Database]:
-    url = f"sqlite:///{tmp_path / 'worker.db'}"
-    upgrade(url)
-    database = Database(url)
-    yield database
-    database.dispose()
+    return own_db
 
 
 def raise_one(db: Database, clock: Clock | None = None, kind: str = "event.dead_lettered") -> str:
@@ -530,11 +509,11 @@ async def dead_letter_one(client: Any, task_queue: str, db: Database) -> tuple[s
 
 async def test_a_dead_letter_from_a_real_worker_alerts_once_though_the_activity_is_retried(
     dev_env: WorkflowEnvironment,
-    fresh_sqlite: Database,
+    own_sqlite_db: Database,
     run_worker: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    db = fresh_sqlite
+    db = own_sqlite_db
     real = events_module.dead_letter
     calls: list[list[str]] = []
 

@@ -5,9 +5,7 @@ is created once (idempotently)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -16,7 +14,6 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.events import ReconcileInput, ReconcileReport
 from store.db import Database
-from store.migrate import upgrade
 from store.models import Deal
 from tests.processing.support import created, event_row, plain_pipeline, store_events
 from tests.workflows.support import deal_row, event, eventually, history, new_id, send
@@ -24,13 +21,9 @@ from workflows.reconcile import SCHEDULE_ID, ensure_schedule
 
 
 @pytest.fixture
-def fresh_db(tmp_path: Path) -> Iterator[Database]:
+def fresh_db(own_sqlite_db: Database) -> Database:
     """A database of its own: reconciliation looks at every deal and event in it."""
-    url = f"sqlite:///{tmp_path / 'reconcile.db'}"
-    upgrade(url)
-    database = Database(url)
-    yield database
-    database.dispose()
+    return own_sqlite_db
 
 
 async def test_reconcile_requeues_stuck_events_and_repairs_lagging_deals(
